@@ -1,0 +1,367 @@
+"""RunConfig: every knob of one training run, with the paper's defaults.
+
+A run is described completely by one frozen :class:`RunConfig`. Everything downstream (training,
+evaluation, tracking) receives it and reads nothing else: no globals, no environment variables,
+no second look at the spec file. Its :meth:`RunConfig.hash` names the run, so a finished run can
+be found again and an interrupted one resumed.
+
+Defaults follow the paper's equations. Where the authors' official code differs, the official
+form is a named value of a field (see ``reference/official-lafite.md`` section 8), and the
+experiment specs choose it where the authors say it produced the printed numbers.
+
+Naming: ``loss.tau`` is tau of Eqs. 6-7, ``loss.lambda`` the weight of L_ConG (Eq. 9; the official
+code's ``--itc``), ``loss.gamma`` the weight of L_ConD (Eqs. 8-9; the official ``--itd``), and
+``loss.r1_gamma`` the R1 weight (the official code's ``--gamma``). In Python ``lambda`` is a
+keyword, so the attribute is ``lambda_``; everywhere a user sees it (YAML, MLflow params, CLI) it
+is ``lambda``.
+
+Sections are owned by concerns: ``data`` and ``world`` by the data layer, ``clip`` by clip.py,
+``perturb`` by perturb.py, ``model`` by model/, ``loss`` by losses.py, ``train`` by train.py and
+``eval`` by metrics/. Add a knob to the section whose module reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from lafite.errors import ConfigError
+
+Mode = Literal["language-free", "supervised", "zero-shot", "fine-tune", "semi-supervised"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images and captions a run trains and evaluates on."""
+
+    # "world" for the built-in synthetic world, else a real dataset id (coco2014, cub, ln-coco,
+    # mm-celeba-hq, cc3m, ffhq) or "folder" for any PNG/JPG + .txt folder.
+    dataset: str = "world"
+    # Real data: the folder holding <dataset>/train and <dataset>/test (or explicit paths below).
+    data_root: str = ""
+    train_path: str = ""
+    test_path: str = ""
+    resolution: int = 256
+    # x-flip doubling of the training set (official README commands use --mirror=1).
+    mirror: bool = False
+    # Use only the first N training images (0 = all); the official --subset.
+    max_train_images: int = 0
+    # Semi-supervised: the fraction of training images that keep their real captions.
+    paired_fraction: float = 1.0
+    # "first": the first fraction of the sorted file list (official); "random": a seeded draw.
+    paired_split: Literal["first", "random"] = "first"
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """The built-in synthetic world (mini and smoke scales only)."""
+
+    domain: Literal["scenes", "objects", "narratives", "web"] = "scenes"
+    n_train: int = 4000
+    n_test: int = 1000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """The frozen image-text encoder that defines the condition space."""
+
+    # open_clip model name ("ViT-B-32", "ViT-B-16") or "world" for the world's small CLIP.
+    name: str = "ViT-B-32"
+    # open_clip pretrained tag ("openai") or a local weights file; ignored for "world".
+    pretrained: str = "openai"
+    # Random square crop of generated images before CLIP for L_ConG (official: side in
+    # [crop_min, 1) of the image, one crop per batch). 1.0 disables cropping.
+    gen_crop_min: float = 0.5
+    # Dataset image features from one random crop covering this fraction (official 0.99).
+    real_crop: float = 0.99
+
+
+@dataclass(frozen=True)
+class PerturbConfig:
+    """How the condition h' is made (Eqs. 1 and 2)."""
+
+    # "gaussian": Eq. 1, h = f + xi * eps * |f| / |eps|.
+    # "official-mix": normalize(alpha f^ + (1-alpha) eps^), alpha = 1 - mix (official code).
+    # "nn": the trainable inference model of Eq. 2 (needs an inference-model job).
+    # "none": the image feature itself.
+    kind: Literal["gaussian", "official-mix", "nn", "none"] = "gaussian"
+    xi: float = 1.0
+    # Weight of the unit noise in the official convex mix (0.75 == xi 3).
+    mix: float = 0.75
+    # Probability of using the pseudo text feature instead of the real text feature.
+    # 1.0: language-free; 0.0: fully supervised (official --mixing_prob).
+    mixing_prob: float = 1.0
+    # Perturbation of real text features (official: mix 0.1; not in the paper; 0 disables).
+    text_mix: float = 0.0
+    # Share one noise draw between the text and the image perturbation (official).
+    share_noise: bool = False
+    # The inference model to use when kind == "nn": the name of a job in experiments/jobs.yaml.
+    nn_job: str = ""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Generator and discriminator architecture."""
+
+    z_dim: int = 512
+    w_dim: int = 512
+    mapping_layers: int = 8
+    channel_base: int = 32768
+    channel_max: int = 512
+    # Conditional StyleSpace form (Fig. 3): "paper" = affine(concat[A(w), MLP(h)]);
+    # "official" = affine(concat[MLP(h), w]); "scale-bias" = A(w) * S(h) + B(h);
+    # "sum" = A(w) + A'(MLP(h)).
+    cond_form: Literal["paper", "official", "scale-bias", "sum"] = "paper"
+    # Width of the 2-layer condition MLP output (official 512).
+    cond_dim: int = 512
+    # Eq. 4 semantic term: "per-sample" <h_i, f_s(x_i)> (paper) or "batch-sum" (official).
+    d_semantic: Literal["per-sample", "batch-sum"] = "per-sample"
+    d_normalize_fs: bool = False
+    d_semantic_head: bool = True
+    mbstd_group: int = 4
+    # Condition dimension; 0 = take it from the CLIP model.
+    cond_features: int = 0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Eqs. 5-9 and the StyleGAN2 regularisers."""
+
+    tau: float = 0.5
+    lambda_: float = 10.0
+    gamma: float = 10.0
+    con_g: bool = True
+    con_d: bool = True
+    # Contrastive logits: "plain" cos/tau (paper) or "exp" exp(cos/tau) (official).
+    logits: Literal["plain", "exp"] = "plain"
+    # "sum" with the tau prefactor (paper) or "mean" without it (official).
+    reduction: Literal["sum", "mean"] = "sum"
+    # Official --lam: 0 = softmax over images for each text (paper), 1 = over texts, else a mix.
+    direction: float = 0.0
+    # All-gather the negatives across ranks (official --gather).
+    gather: bool = False
+    r1_gamma: float = 10.0
+    r1_interval: int = 16
+    pl_weight: float = 0.0
+    pl_interval: int = 4
+    style_mixing: float = 0.9
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation schedule."""
+
+    batch: int = 64
+    kimg: float = 25000.0
+    lr_g: float = 0.0025
+    lr_d: float = 0.0025
+    ema_kimg: float = 20.0
+    ema_rampup: float = 0.05
+    seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = True
+    # "d-first" (Algorithm 1) or "g-first" (official phase order).
+    update_order: Literal["d-first", "g-first"] = "d-first"
+    checkpoint_kimg: float = 200.0
+    eval_kimg: float = 1000.0
+    log_every: int = 50
+    device: str = "auto"
+    # Resume G, D and G_ema from a pre-trained generator job (fine-tuning rows).
+    init_job: str = ""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a run is scored."""
+
+    # Paper protocol: 30,000 generated images (6,000 for MM-CelebA-HQ) from test captions.
+    n_samples: int = 30000
+    # Reference statistics from the training split (official default) or the test split.
+    reference_split: Literal["train", "test"] = "train"
+    fid_k: tuple[int, ...] = (0,)
+    metrics: tuple[str, ...] = ("IS", "FID-0")
+    # "inception" at paper scale; "inspector" (the world's inspector) at mini and smoke scale.
+    extractor: Literal["inception", "inspector"] = "inception"
+    inception_weights: str = ""
+    batch: int = 64
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every knob of one training run."""
+
+    mode: Mode = "language-free"
+    scale: Literal["paper", "mini", "smoke"] = "paper"
+    data: DataConfig = field(default_factory=DataConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict with user-facing key names (``lambda``, not ``lambda_``)."""
+        return _to_dict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys to values, e.g. ``{"loss.tau": 0.5, ...}``: MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for key, sub in value.items():
+                    walk(f"{prefix}.{key}" if prefix else key, sub)
+            else:
+                out[prefix] = value
+
+        walk("", self.to_dict())
+        return out
+
+    def hash(self) -> str:
+        """Stable 12-hex-digit name of this configuration (key order and float text agnostic)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> RunConfig:
+        """Build from a nested dict as written by :meth:`to_dict` (validated)."""
+        return RunConfig().override(_flatten(data), where=where)
+
+    def override(self, updates: dict[str, Any], where: str = "config") -> RunConfig:
+        """A copy with dotted-key updates applied, each validated against the field's type.
+
+        ``where`` names the origin (file, row) for error messages.
+        """
+        result = self
+        for dotted, value in updates.items():
+            result = _set(result, dotted, value, where)
+        return result
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+_ALIASES = {"lambda": "lambda_"}
+_PUBLIC = {v: k for k, v in _ALIASES.items()}
+
+
+def _to_dict(obj: Any) -> Any:
+    if is_dataclass(obj):
+        return {_PUBLIC.get(f.name, f.name): _to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, tuple):
+        return [_to_dict(v) for v in obj]
+    return obj
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(_flatten(value, dotted))
+        else:
+            out[dotted] = value
+    return out
+
+
+def valid_keys(obj: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted key a spec may set, for error messages and ``show``."""
+    obj = obj if obj is not None else RunConfig()
+    keys: list[str] = []
+    for f in fields(obj):
+        name = _PUBLIC.get(f.name, f.name)
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            keys.extend(valid_keys(value, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _set(obj: Any, dotted: str, value: Any, where: str, prefix: str = "") -> Any:
+    head, _, rest = dotted.partition(".")
+    full = prefix + dotted
+    attr = _ALIASES.get(head, head)
+    names = {f.name for f in fields(obj)}
+    if attr not in names:
+        raise ConfigError(
+            f"{where}: unknown key '{full}' (no field '{prefix}{head}'). "
+            f"Valid keys here: {', '.join(sorted(valid_keys(obj, prefix)))}"
+        )
+    current = getattr(obj, attr)
+    if rest:
+        if not is_dataclass(current):
+            raise ConfigError(f"{where}: '{full}': '{prefix}{head}' is a value, not a section")
+        return replace(obj, **{attr: _set(current, rest, value, where, f"{prefix}{head}.")})
+    if is_dataclass(current):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{full}' is a section; give a mapping of its keys")
+        sub = current
+        for key, sub_value in _flatten(value).items():
+            sub = _set(sub, key, sub_value, where, f"{prefix}{head}.")
+        return replace(obj, **{attr: sub})
+    hint = get_type_hints(type(obj))[attr]
+    return replace(obj, **{attr: _coerce(value, hint, full, where)})
+
+
+def _coerce(value: Any, hint: Any, dotted: str, where: str) -> Any:
+    origin = get_origin(hint)
+    if origin is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            raise ConfigError(
+                f"{where}: '{dotted}' must be one of {', '.join(map(repr, choices))}, got {value!r}"
+            )
+        return value
+    if origin in (tuple, typing.Tuple):  # noqa: UP006
+        (item_hint, *_rest) = get_args(hint)
+        items = value if isinstance(value, list | tuple) else [value]
+        return tuple(_coerce(v, item_hint, dotted, where) for v in items)
+    if origin in (typing.Union, types.UnionType):
+        for option in get_args(hint):
+            try:
+                return _coerce(value, option, dotted, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: '{dotted}' has the wrong type: {value!r}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: '{dotted}' must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: '{dotted}' must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: '{dotted}' must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: '{dotted}' must be a string, got {value!r}")
+    return value
+
+
+__all__ = [
+    "ClipConfig",
+    "DataConfig",
+    "EvalConfig",
+    "LossConfig",
+    "ModelConfig",
+    "PerturbConfig",
+    "RunConfig",
+    "TrainConfig",
+    "WorldConfig",
+    "valid_keys",
+]
+
