@@ -183,12 +183,37 @@ class EvalConfig:
     n_samples: int = 30000
     # Reference statistics from the training split (official default) or the test split.
     reference_split: Literal["train", "test"] = "train"
-    fid_k: tuple[int, ...] = (0,)
+    # Extra blur radii: FID-k for each k here, on top of the FID-k names listed in `metrics`.
+    fid_k: tuple[int, ...] = ()
+    # Metric names (lafite.metrics.METRICS): IS, FID, FID-0..FID-8, KID, SOA-C, SOA-I,
+    # caption-accuracy (+ main-*/background-accuracy), R-precision, CLIP-score.
     metrics: tuple[str, ...] = ("IS", "FID-0")
     # "inception" at paper scale; "inspector" (the world's inspector) at mini and smoke scale.
     extractor: Literal["inception", "inspector"] = "inception"
+    # Local copy of weights-inception-2015-12-05-6726825d.pth (else $TORCH_HOME/hub/checkpoints).
     inception_weights: str = ""
     batch: int = 64
+    # Seed of the evaluation's noise and caption draws (fixed, so evaluations are comparable).
+    seed: int = 0
+    truncation_psi: float = 1.0
+    # Official evaluation uses G_ema's default noise_mode "random".
+    noise_mode: Literal["random", "const"] = "random"
+    isc_splits: int = 10
+    kid_subset_size: int = 1000
+    kid_subsets: int = 100
+    # SOA (Hinz et al.): images per caption of each class subset (3; the person class uses 1)
+    # and a cap on captions per class (0 = every caption of the split that names the class).
+    soa_images_per_caption: int = 3
+    soa_captions_per_class: int = 0
+    # Paper scale: "module:factory" returning a lafite.metrics.soa.Detector (the YOLOv3 of the
+    # SOA protocol); empty = SOA-C/SOA-I recorded as not computed.
+    soa_detector: str = ""
+    # CLIP R-precision: 1 true caption + (candidates - 1) others from the split.
+    r_precision_candidates: int = 100
+    # CLIP that scores R-precision and CLIP-score: "" = the training CLIP (labelled a
+    # training-signal diagnostic), else an open_clip model name with alignment_clip_pretrained.
+    alignment_clip: str = ""
+    alignment_clip_pretrained: str = "openai"
 
 
 @dataclass(frozen=True)
