@@ -1,0 +1,352 @@
+"""The ``lafite-repro`` command line: the one CLI module of the suite.
+
+Every command is a thin layer over the library: it resolves the workspace, calls one function
+and prints what came back. A mistake the user can fix (a bad table id, spec, flag or path) is a
+:class:`~lafite.errors.UserError`: it is printed as one message without a traceback and the exit
+status is 2. Heavy imports (torch, mlflow) happen inside the commands that need them, so that
+``list``, ``show`` and a ``run`` with nothing left to do start quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from lafite.errors import UserError
+from lafite.spec import SCALES
+from lafite.workspace import Workspace
+
+SCALE_CHOICE = click.Choice(SCALES)
+
+
+class _Group(click.Group):
+    """Turns every UserError into one message and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+def _workspace(ctx: click.Context) -> Workspace:
+    return ctx.obj["workspace"]
+
+
+def _out() -> Console:
+    # Pipes and CI logs get a wide fixed width instead of rich's 80 columns.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home", "-w", "home", metavar="DIR", default=None,
+    help="Workspace folder (default: $LAFITE_HOME or ./lafite-workspace).",
+)
+@click.version_option(package_name="lafite-repro")
+@click.pass_context
+def main(ctx: click.Context, home: str | None) -> None:
+    """Reproduce the tables and figures of LAFITE (CVPR 2022) at smoke, mini or paper scale."""
+    ctx.ensure_object(dict)
+    ctx.obj["workspace"] = Workspace.resolve(home)
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# -- list, show ------------------------------------------------------------------------------
+
+
+@main.command("list")
+@click.option("--tracking-uri", metavar="URI", default=None,
+              help="MLflow store (default: $MLFLOW_TRACKING_URI or the workspace's sqlite file).")
+@click.pass_context
+def list_cmd(ctx: click.Context, tracking_uri: str | None) -> None:
+    """Tables and figures, their rows and how many have finished runs per scale."""
+    from lafite import spec as spec_mod
+
+    workspace = _workspace(ctx)
+    tracker = None
+    if tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (workspace.root / "mlflow.db").exists():
+        from lafite.tracking import Tracker
+
+        tracker = Tracker(workspace, tracking_uri)
+    table = Table("id", "kind", "title", "rows", *(f"finished {s}" for s in SCALES))
+    for spec_id, path in spec_mod.spec_files().items():
+        try:
+            spec = spec_mod.load(path)
+        except UserError as exc:
+            table.add_row(spec_id, "?", f"[red]invalid: {exc}[/red]", "", *("" for _ in SCALES))
+            continue
+        rows = spec.trainable_rows
+        counts = []
+        for scale in SCALES:
+            if scale not in spec.scales:
+                counts.append("-")
+                continue
+            done = 0
+            if tracker is not None:
+                finished = {r.row for r in tracker.children(spec.id, scale) if r.status == "FINISHED"}
+                done = sum(r.name in finished for r in rows)
+            counts.append(f"{done}/{len(rows)}")
+        table.add_row(spec.id, spec.kind, spec.title, str(len(spec.rows)), *counts)
+    _out().print(table)
+
+
+@main.command()
+@click.argument("table")
+@click.option("--scale", type=SCALE_CHOICE, default=None,
+              help="Also show each row's resolved configuration at this scale.")
+def show(table: str, scale: str | None) -> None:
+    """Rows of TABLE, the paper's numbers, and (with --scale) the resolved configurations."""
+    import yaml
+
+    from lafite import spec as spec_mod
+
+    spec = spec_mod.find(table)
+    out = _out()
+    ref = ", ".join(f"{k} {v}" for k, v in spec.paper.items())
+    out.print(f"[bold]{spec.id}[/bold]: {spec.title} ({ref})")
+    if spec.notes:
+        out.print(spec.notes.strip())
+    names = [m.name for m in spec.metrics]
+    grid = Table("row", *(f"{m.label or m.name} {'↑' if m.higher_is_better else '↓'}" for m in spec.metrics),
+                 title="the paper's numbers, as printed")
+    for row in spec.rows:
+        label = row.name + (" (reference)" if row.reference else "")
+        grid.add_row(label, *(f"{row.paper[n]:.2f}" if n in row.paper else "-" for n in names))
+    out.print(grid)
+    out.print("scales: " + ", ".join(f"{s} ({spec.scales[s].seeds} seed(s))"
+                                     for s in SCALES if s in spec.scales))
+    if scale is None:
+        return
+    base = spec.base_config(scale)
+    flat = base.flat()
+    changes = Table("row", "changes from the base configuration", title=f"rows at scale {scale}")
+    for row in spec.trainable_rows:
+        cfg = spec.resolve(row, scale).flat()
+        diff = {k: v for k, v in cfg.items() if flat.get(k) != v}
+        changes.add_row(row.name, ", ".join(f"{k}={v}" for k, v in diff.items()) or "-")
+    out.print(changes)
+    out.print(f"[bold]base configuration at scale {scale}[/bold]:")
+    out.print(yaml.safe_dump(base.to_dict(), sort_keys=False), markup=False)
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("table")
+@click.option("--scale", type=SCALE_CHOICE, default="mini", show_default=True,
+              help="smoke: seconds (tests); mini: the built-in world on a CPU; paper: the paper.")
+@click.option("--rows", "rows", multiple=True, metavar="NAME",
+              help="Run only this row (repeat for several). Default: every row.")
+@click.option("--seeds", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Seeds 0..N-1 per row (default: the scale's count in the spec).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and configurations; run nothing.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display (CI); one summary line.")
+@click.option("--tracking-uri", metavar="URI", default=None,
+              help="MLflow store (default: $MLFLOW_TRACKING_URI or the workspace's sqlite file).")
+@click.pass_context
+def run(ctx: click.Context, table: str, scale: str, rows: tuple[str, ...], seeds: int | None,
+        dry_run: bool, quiet: bool, tracking_uri: str | None) -> None:
+    """Run every row of TABLE at a scale; finished runs are skipped, interrupted ones resumed.
+
+    To resume after an interruption, run the same command again.
+    """
+    from lafite import runner
+    from lafite import spec as spec_mod
+
+    spec = spec_mod.find(table)
+    full = runner.make_plan(spec, scale, seeds, list(rows) or None)
+    out = _out()
+    if dry_run:
+        runner.describe_plan(full, out)
+        return
+    summary = runner.run_spec(
+        spec, scale, _workspace(ctx), seeds=seeds, rows=list(rows) or None,
+        tracking_uri=tracking_uri, quiet=quiet,
+    )
+    counts = {s: summary.count(s) for s in ("trained", "resumed", "skipped", "failed")}
+    line = f"{spec.id} ({scale}): {len(summary.outcomes)} run(s): " + ", ".join(
+        f"{n} {s}" for s, n in counts.items() if n
+    )
+    if quiet:
+        click.echo(line)
+    else:
+        runner.print_summary(summary, out)
+        out.print(line)
+    if summary.failed:
+        names = ", ".join(o.run.label for o in summary.failed)
+        click.echo(f"error: {len(summary.failed)} run(s) failed: {names}. "
+                   "Fix the cause and run the same command again to resume them.", err=True)
+        ctx.exit(1)
+
+
+# -- ui ----------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on; keep 127.0.0.1 unless you mean to share it.")
+@click.pass_context
+def ui(ctx: click.Context, port: int, host: str) -> None:
+    """Start the MLflow UI (mlflow server) on the workspace's store."""
+    from lafite.tracking import serve_command
+
+    workspace = _workspace(ctx)
+    command = serve_command(workspace, host, port)
+    click.echo(f"MLflow UI for {workspace.root} at http://{host}:{port} (Ctrl-C stops it)", err=True)
+    os.execvp(sys.executable, [sys.executable, "-m", *command])
+
+
+# -- clip, world -------------------------------------------------------------------------------
+
+
+@main.group(cls=_Group)
+def clip() -> None:
+    """The world's small CLIP (the condition space at mini and smoke scale)."""
+
+
+def _print_numbers(title: str, numbers: dict[str, Any]) -> None:
+    table = Table("key", "value", title=title)
+    for key, value in numbers.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    _out().print(table)
+
+
+@clip.command("pretrain")
+@click.option("--resolution", type=click.IntRange(min=8), default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_context
+def clip_pretrain(ctx: click.Context, resolution: int, seed: int) -> None:
+    """Train the world's CLIP for RESOLUTION (once; cached) and print its retrieval numbers."""
+    from lafite.clip import pretrain_world_clip, world_clip_report
+
+    workspace = _workspace(ctx)
+    pretrain_world_clip(workspace, resolution, seed=seed)
+    _print_numbers("world CLIP", world_clip_report(workspace, resolution, seed))
+
+
+@clip.command("eval")
+@click.option("--resolution", type=click.IntRange(min=8), default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_context
+def clip_eval(ctx: click.Context, resolution: int, seed: int) -> None:
+    """Re-measure held-out retrieval of the trained world CLIP."""
+    from lafite.clip import world_clip_report
+
+    _print_numbers("world CLIP", world_clip_report(_workspace(ctx), resolution, seed, recompute=True))
+
+
+@main.group(cls=_Group)
+def world() -> None:
+    """The built-in synthetic world: its inspector and its datasets on disk."""
+
+
+@world.command("inspector")
+@click.option("--resolution", type=click.IntRange(min=8), default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_context
+def world_inspector(ctx: click.Context, resolution: int, seed: int) -> None:
+    """Train the world's inspector (once; cached) and print its held-out accuracies."""
+    from lafite.data.inspector import load_inspector_file, train_inspector
+
+    path = train_inspector(_workspace(ctx), resolution, seed=seed)
+    numbers = {"path": str(path), **load_inspector_file(path).metrics}
+    _print_numbers(f"inspector {resolution}px", numbers)
+
+
+@world.command("materialise")
+@click.option("--domain", default="scenes", show_default=True,
+              help="scenes, objects, narratives or web.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--resolution", type=click.IntRange(min=8), default=32, show_default=True)
+@click.option("--size", type=click.IntRange(min=1), default=None, help="Number of images.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder to write (default: inside the workspace).")
+@click.pass_context
+def world_materialise(ctx: click.Context, domain: str, split: str, resolution: int,
+                      size: int | None, seed: int, out_dir: str | None) -> None:
+    """Write a world split as PNG + .txt files (the format real datasets use)."""
+    from lafite.data.world import World, materialise
+
+    world_data = World(domain, split, resolution=resolution, seed=seed, size=size)
+    target = Path(out_dir) if out_dir else (
+        _workspace(ctx).world_dir / f"{domain}-{split}-r{resolution}-s{seed}-n{len(world_data)}"
+    )
+    click.echo(str(materialise(world_data, target, progress=True)))
+
+
+# -- generate, evaluate ------------------------------------------------------------------------
+
+
+def _checkpoint(ctx: click.Context, run_ref: str, tracking_uri: str | None) -> Path:
+    """A run given as a checkpoint file, a run folder, or an MLflow run id."""
+    path = Path(run_ref)
+    if path.is_file():
+        return path
+    if path.is_dir() and (path / "checkpoint.pt").is_file():
+        return path / "checkpoint.pt"
+    from lafite.tracking import Tracker
+
+    return Tracker(_workspace(ctx), tracking_uri).run_checkpoint(run_ref)
+
+
+@main.command()
+@click.option("--run", "run_ref", required=True, metavar="RUN",
+              help="MLflow run id, run folder or checkpoint file.")
+@click.option("--caption", "captions", multiple=True, metavar="TEXT",
+              help="Caption to draw (repeat for several).")
+@click.option("--image", "image", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Condition on this image's CLIP feature instead (language-free models).")
+@click.option("--n", "n", type=click.IntRange(1, 256), default=16, show_default=True,
+              help="Images per caption.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out", type=click.Path(dir_okay=False), default="grid.png",
+              show_default=True)
+@click.option("--tracking-uri", metavar="URI", default=None)
+@click.pass_context
+def generate(ctx: click.Context, run_ref: str, captions: tuple[str, ...], image: str | None,
+             n: int, seed: int, out: str, tracking_uri: str | None) -> None:
+    """Draw images from a trained generator for captions (or an image) into a grid PNG."""
+    if not captions and image is None:
+        raise UserError("generate: give at least one --caption TEXT or an --image PATH")
+    from lafite import sampling
+
+    checkpoint = _checkpoint(ctx, run_ref, tracking_uri)
+    path = sampling.generate_grid(
+        checkpoint, _workspace(ctx), captions=list(captions), image=image, n=n, seed=seed,
+        out=Path(out),
+    )
+    click.echo(str(path))
+
+
+@main.command()
+@click.option("--run", "run_ref", required=True, metavar="RUN",
+              help="MLflow run id, run folder or checkpoint file.")
+@click.option("--tracking-uri", metavar="URI", default=None)
+@click.pass_context
+def evaluate(ctx: click.Context, run_ref: str, tracking_uri: str | None) -> None:
+    """Score a trained generator with its run's evaluation settings; prints JSON."""
+    from lafite.metrics.evaluate import evaluate_run
+    from lafite.train import load_generator
+
+    checkpoint = _checkpoint(ctx, run_ref, tracking_uri)
+    g_ema, cfg = load_generator(checkpoint)
+    result = evaluate_run(cfg, g_ema, _workspace(ctx))
+    click.echo(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""Artifacts that rows need, built once and shared between rows and tables.
+
+Some rows cannot start before another piece of training is done: every mini-scale run needs the
+world's CLIP (its condition space) and the world's inspector (its judge); LAFITE_NN rows need the
+inference model of Eq. 2 trained on the CC3M analogue; fine-tuning rows need a pre-trained
+generator. Each such job is defined once in ``experiments/jobs.yaml`` and resolved for the run
+that needs it (its scale, resolution and CLIP), which gives it a configuration hash. The artifact
+lives under ``<workspace>/models/jobs/<name>-<hash>/`` and is built at most once for that hash:
+a file lock makes a second process wait for the first one's build instead of repeating it, and a
+``done.json`` marker written last tells a finished build from one killed half-way.
+
+The world's CLIP and inspector are implicit jobs: a run needs them whenever ``clip.name`` is
+``world`` or ``eval.extractor`` is ``inspector``; their builders cache by their own hash, the lock
+here only keeps two processes from training them at the same time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lafite.config import RunConfig
+from lafite.errors import ConfigError, UserError
+from lafite.workspace import Workspace
+
+KINDS = ("world-clip", "inspector", "inference-model", "generator")
+_JOB_KEYS = {"kind", "description", "set", "scales"}
+
+
+@dataclass(frozen=True)
+class JobDefinition:
+    """One entry of jobs.yaml: what to build, with per-scale overrides."""
+
+    name: str
+    kind: str
+    description: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    scales: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job resolved for one run: everything that determines its artifact, and its hash."""
+
+    name: str
+    kind: str
+    scale: str
+    resolution: int
+    settings: dict[str, Any]
+    # The condition space the artifact must live in (name, pretrained): a model trained on
+    # features of one CLIP is useless with another.
+    clip: dict[str, Any]
+    # The configuration the job's data (and, for generators, its training run) is read from.
+    config: RunConfig | None = None
+
+    @property
+    def hash(self) -> str:
+        blob = json.dumps(
+            {
+                "name": self.name,
+                "kind": self.kind,
+                "scale": self.scale,
+                "resolution": self.resolution,
+                "settings": self.settings,
+                "clip": self.clip,
+                "config": self.config.hash() if self.config else None,
+            },
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.kind}, {self.resolution}px)"
+
+    def folder(self, workspace: Workspace) -> Path:
+        return workspace.models_dir / "jobs" / f"{self.name}-{self.hash}"
+
+
+# -- definitions -------------------------------------------------------------------------------
+
+
+def jobs_file() -> Path:
+    from lafite.spec import experiments_dirs
+
+    for folder in experiments_dirs():
+        if (folder / "jobs.yaml").is_file():
+            return folder / "jobs.yaml"
+    raise UserError("experiments/jobs.yaml not found: run from the repository checkout")
+
+
+def load_definitions(path: Path | None = None) -> dict[str, JobDefinition]:
+    """Read and validate jobs.yaml (errors name the file, the job and the key)."""
+    from lafite.spec import SCALES, SpecError
+
+    path = path or jobs_file()
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise SpecError(f"{where}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict) or set(data) != {"jobs"} or not isinstance(data["jobs"], dict):
+        raise SpecError(f"{path}: expected one top-level key 'jobs' mapping names to jobs")
+    out: dict[str, JobDefinition] = {}
+    for name, body in data["jobs"].items():
+        where = f"{path}: jobs.{name}"
+        if not isinstance(body, dict):
+            raise SpecError(f"{where}: expected a mapping with 'kind'")
+        unknown = set(body) - _JOB_KEYS
+        if unknown:
+            raise SpecError(
+                f"{where}: unknown key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(_JOB_KEYS))}"
+            )
+        if body.get("kind") not in KINDS:
+            raise SpecError(f"{where}.kind: must be one of {', '.join(KINDS)}, got {body.get('kind')!r}")
+        scales = body.get("scales") or {}
+        for scale in scales:
+            if scale not in SCALES:
+                raise SpecError(f"{where}.scales.{scale}: unknown scale; valid: {', '.join(SCALES)}")
+        out[name] = JobDefinition(
+            name=name,
+            kind=body["kind"],
+            description=body.get("description", ""),
+            settings=dict(body.get("set") or {}),
+            scales={k: dict(v or {}) for k, v in scales.items()},
+        )
+    return out
+
+
+# Knobs of the run that a job inherits: the condition space (CLIP), the image size and where
+# data lives. Everything else comes from the job's own settings, so that rows which differ only
+# in the method (losses, perturbation) share one job.
+_INHERITED = ("scale", "data.resolution", "data.data_root", "clip.name", "clip.pretrained",
+              "clip.real_crop", "clip.world_seed", "world.seed", "train.device", "train.precision")
+# Settings of an inference-model job that go to perturb.train_inference_model; the others are
+# RunConfig overrides naming the paired data it is trained on.
+_INFERENCE_KNOBS = ("steps", "batch", "lr", "seed")
+
+
+def resolve(name: str, cfg: RunConfig, definitions: dict[str, JobDefinition] | None = None) -> Job:
+    """The job ``name`` as the run ``cfg`` needs it (its scale, resolution and CLIP)."""
+    definitions = definitions if definitions is not None else load_definitions()
+    if name not in definitions:
+        raise UserError(
+            f"unknown job {name!r} (named by perturb.nn_job or train.init_job). "
+            f"Jobs in experiments/jobs.yaml: {', '.join(definitions)}"
+        )
+    definition = definitions[name]
+    settings = {**definition.settings, **definition.scales.get(cfg.scale, {})}
+    flat = cfg.flat()
+    inherited = {key: flat[key] for key in _INHERITED if key in flat}
+    where = f"experiments/jobs.yaml: jobs.{name}"
+    config_overrides = settings
+    if definition.kind == "inference-model":
+        config_overrides = {k: v for k, v in settings.items() if k not in _INFERENCE_KNOBS}
+        settings = {k: v for k, v in settings.items() if k in _INFERENCE_KNOBS}
+    else:
+        settings = {}
+    try:
+        config = RunConfig().override(inherited, where=where).override(config_overrides, where=where)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    return Job(
+        name=name,
+        kind=definition.kind,
+        scale=cfg.scale,
+        resolution=cfg.data.resolution,
+        settings=settings,
+        clip={"name": cfg.clip.name, "pretrained": cfg.clip.pretrained},
+        config=config,
+    )
+
+
+def needed_jobs(cfg: RunConfig, definitions: dict[str, JobDefinition] | None = None) -> list[Job]:
+    """Every job a run needs before it can start, in build order (CLIP before its users)."""
+    jobs: list[Job] = []
+    clip = {"name": cfg.clip.name, "pretrained": cfg.clip.pretrained}
+    if cfg.clip.name == "world":
+        seed = {"seed": getattr(cfg.clip, "world_seed", 0)}
+        jobs.append(Job("world-clip", "world-clip", "any", cfg.data.resolution, seed, clip))
+    if cfg.eval.extractor == "inspector":
+        jobs.append(Job("inspector", "inspector", "any", cfg.data.resolution, {}, {}))
+    for name in (cfg.perturb.nn_job, cfg.train.init_job):
+        if name:
+            jobs.append(resolve(name, cfg, definitions))
+    return jobs
+
+
+# -- building ----------------------------------------------------------------------------------
+
+
+def artifact_path(job: Job, workspace: Workspace) -> Path | None:
+    """The built artifact of ``job``, or None if it has not been built (completely)."""
+    marker = job.folder(workspace) / "done.json"
+    if not marker.is_file():
+        return None
+    return Path(json.loads(marker.read_text())["artifact"])
+
+
+def job_artifact(name: str, cfg: RunConfig, workspace: Workspace) -> Path:
+    """The artifact of the job ``name`` for the run ``cfg``, building it if needed.
+
+    This is what training calls to find ``perturb.nn_job`` or ``train.init_job``.
+    """
+    return ensure(resolve(name, cfg), workspace)
+
+
+def ensure(job: Job, workspace: Workspace, progress: bool = True) -> Path:
+    """Build ``job`` unless it is built; wait for another process that is building it."""
+    found = artifact_path(job, workspace)
+    if found is not None:
+        return found
+    folder = job.folder(workspace)
+    with _exclusive(workspace.locks_dir / f"job-{job.name}-{job.hash}.lock"):
+        found = artifact_path(job, workspace)  # built while we waited for the lock
+        if found is not None:
+            return found
+        folder.mkdir(parents=True, exist_ok=True)
+        artifact = BUILDERS[job.kind](job, workspace, folder, progress)
+        (folder / "job.json").write_text(
+            json.dumps({"name": job.name, "kind": job.kind, "hash": job.hash,
+                        "resolution": job.resolution, "settings": job.settings,
+                        "clip": job.clip}, indent=2, default=str)
+        )
+        tmp = folder / "done.json.tmp"
+        tmp.write_text(json.dumps({"artifact": str(artifact)}))
+        os.replace(tmp, folder / "done.json")
+        return artifact
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """A blocking inter-process lock; the kernel drops it if the holder dies."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_world_clip(job: Job, workspace: Workspace, folder: Path, progress: bool) -> Path:
+    from lafite.clip import pretrain_world_clip
+
+    return Path(pretrain_world_clip(workspace, job.resolution, progress=progress, **job.settings))
+
+
+def _build_inspector(job: Job, workspace: Workspace, folder: Path, progress: bool) -> Path:
+    from lafite.data.inspector import train_inspector
+
+    return Path(train_inspector(workspace, job.resolution, progress=progress))
+
+
+def _build_inference_model(job: Job, workspace: Workspace, folder: Path, progress: bool) -> Path:
+    """Eq. 2's inference model, fitted on CLIP features of the job's paired data."""
+    import torch
+
+    from lafite.clip import FeatureCache, load_clip
+    from lafite.data.datasets import open_dataset
+    from lafite.perturb import save_inference_model, train_inference_model
+
+    assert job.config is not None
+    cfg = job.config
+    dataset = open_dataset(cfg, "train", workspace)
+    encoder = load_clip(cfg.clip, workspace, cfg.data.resolution)
+    cache = FeatureCache(workspace)
+    image_feats = torch.as_tensor(cache.image_features(dataset, encoder))
+    text_feats, offsets = cache.text_features(dataset, encoder)
+    counts = torch.as_tensor(offsets[1:] - offsets[:-1]).long()
+    # One pair per caption: repeat each image's feature for each of its captions.
+    paired_images = torch.repeat_interleave(image_feats, counts, dim=0)
+    model, summary = train_inference_model(
+        paired_images, torch.as_tensor(text_feats), progress=progress, **job.settings
+    )
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    return save_inference_model(model, folder / "inference_model.pt")
+
+
+def _build_generator(job: Job, workspace: Workspace, folder: Path, progress: bool) -> Path:
+    from lafite.train import train_run
+
+    assert job.config is not None
+    run_dir = folder / "run"
+    result = train_run(job.config, run_dir, workspace, None)
+    final = folder / "generator.pt"
+    shutil.copyfile(result.final_checkpoint, final)
+    return final
+
+
+BUILDERS: dict[str, Callable[[Job, Workspace, Path, bool], Path]] = {
+    "world-clip": _build_world_clip,
+    "inspector": _build_inspector,
+    "inference-model": _build_inference_model,
+    "generator": _build_generator,
+}
+
+__all__ = [
+    "KINDS",
+    "Job",
+    "JobDefinition",
+    "artifact_path",
+    "ensure",
+    "job_artifact",
+    "load_definitions",
+    "needed_jobs",
+    "resolve",
+]

@@ -1,0 +1,430 @@
+"""Run a spec at a scale: plan, build the jobs rows need, train each run once, record it.
+
+Idempotent and resumable by construction: each planned run has a stable hash; the MLflow store
+is asked for a child run with that hash before anything is trained.
+
+- FINISHED: skipped (a second ``run`` of a finished table trains nothing);
+- unfinished (RUNNING after a kill, FAILED, KILLED): resumed from ``<workspace>/runs/<hash>/``
+  (training resumes from its checkpoint) under the same MLflow run id;
+- absent: started.
+
+Several ``run`` processes may work on one table (two terminals, a cluster array job). A run is
+trained only by the process that holds its lock file (created with ``O_EXCL``; it records pid,
+host and the process start time so that a lock left by a killed process is recognised as stale
+and taken over). A process skips runs locked by others, does the rest, then waits for the locked
+ones to finish (or to be abandoned, and then resumes them itself).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lafite import jobs as jobs_mod
+from lafite.config import RunConfig
+from lafite.errors import UserError
+from lafite.spec import PlannedRun, Spec, plan
+from lafite.workspace import Workspace
+
+# -- plans with their jobs ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FullPlan:
+    """The runs of one invocation and the jobs they need (deduplicated by hash)."""
+
+    spec: Spec
+    scale: str
+    runs: list[PlannedRun]
+    jobs: list[jobs_mod.Job]
+    jobs_of_run: dict[str, list[jobs_mod.Job]]
+
+
+def make_plan(
+    spec: Spec,
+    scale: str,
+    seeds: int | None = None,
+    rows: list[str] | tuple[str, ...] | None = None,
+) -> FullPlan:
+    """Plan the runs and resolve their jobs; builds nothing, records nothing."""
+    definitions = jobs_mod.load_definitions()
+    runs = plan(spec, scale, seeds, rows)
+    unique: dict[str, jobs_mod.Job] = {}
+    jobs_of_run: dict[str, list[jobs_mod.Job]] = {}
+    for planned in runs:
+        needed = jobs_mod.needed_jobs(planned.config, definitions)
+        jobs_of_run[planned.hash] = needed
+        for job in needed:
+            unique.setdefault(job.hash, job)
+    return FullPlan(spec, scale, runs, list(unique.values()), jobs_of_run)
+
+
+def describe_plan(full: FullPlan, console: Console, show_configs: bool = True) -> None:
+    """Print what ``run`` would do: jobs, runs with hashes and their resolved configurations."""
+    console.print(
+        f"[bold]{full.spec.id}[/bold] ({full.spec.title}) at scale [bold]{full.scale}[/bold]: "
+        f"{len(full.runs)} run(s), {len(full.jobs)} job(s)"
+    )
+    if full.jobs:
+        table = Table("job", "kind", "resolution", "hash", title="jobs (built once, shared)")
+        for job in full.jobs:
+            table.add_row(job.name, job.kind, str(job.resolution), job.hash)
+        console.print(table)
+    table = Table("row", "seed", "hash", "kimg", "changes from base", title="runs")
+    base = full.spec.base_config(full.scale).flat()
+    for run in full.runs:
+        flat = run.config.flat()
+        changed = {k: v for k, v in flat.items() if base.get(k) != v and k != "train.seed"}
+        table.add_row(
+            run.row.name, str(run.seed), run.hash, f"{run.config.train.kimg:g}",
+            ", ".join(f"{k}={v}" for k, v in changed.items()) or "-",
+        )
+    console.print(table)
+    if show_configs and full.runs:
+        console.print(f"[bold]resolved configuration[/bold] of {full.runs[0].label}:")
+        console.print(yaml.safe_dump(full.runs[0].config.to_dict(), sort_keys=False), markup=False)
+
+
+# -- preflight ---------------------------------------------------------------------------------
+
+
+def preflight(full: FullPlan, workspace: Workspace) -> None:
+    """Check what would otherwise fail half-way: real datasets must exist before anything is
+    recorded (the data layer raises a UserError naming the path and how to get the data)."""
+    seen: set[tuple] = set()
+    for run in full.runs:
+        cfg = run.config
+        if cfg.data.dataset == "world":
+            continue
+        key = (cfg.data.dataset, cfg.data.data_root, cfg.data.train_path, cfg.data.test_path,
+               cfg.data.resolution)
+        if key in seen:
+            continue
+        seen.add(key)
+        from lafite.data.datasets import open_dataset
+
+        for split in ("train", "test"):
+            open_dataset(cfg, split, workspace)
+
+
+# -- locks -------------------------------------------------------------------------------------
+
+
+class RunLock:
+    """An exclusive, crash-aware lock on one run hash (a file created with O_EXCL)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @staticmethod
+    def _me() -> dict[str, Any]:
+        proc = psutil.Process()
+        return {"pid": proc.pid, "host": socket.gethostname(), "started": proc.create_time()}
+
+    def holder(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def is_stale(self, holder: dict[str, Any] | None) -> bool:
+        """True when the holder is a dead process on this host (or the file is unreadable)."""
+        if holder is None:
+            # Half-written by a process that died between create and write; a live writer
+            # finishes within microseconds, so an empty file older than a few seconds is stale.
+            try:
+                return time.time() - self.path.stat().st_mtime > 5
+            except FileNotFoundError:
+                return False
+        if holder.get("host") != socket.gethostname():
+            return False  # cannot check another machine's processes: trust it
+        try:
+            proc = psutil.Process(int(holder["pid"]))
+            return abs(proc.create_time() - float(holder["started"])) > 1.0 or proc.status() == psutil.STATUS_ZOMBIE
+        except (psutil.NoSuchProcess, KeyError, ValueError):
+            return True
+
+    def acquire(self) -> bool:
+        """Take the lock if free (or stale); False if a live process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.holder()
+                if not self.is_stale(holder):
+                    return False
+                # Replace a stale lock atomically-enough: rename it away first, so that two
+                # processes that both saw it stale do not both delete a fresh lock.
+                grave = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
+                try:
+                    os.rename(self.path, grave)
+                    os.unlink(grave)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as handle:
+                json.dump(self._me(), handle)
+            return True
+        return False
+
+    def release(self) -> None:
+        holder = self.holder()
+        if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+            self.path.unlink(missing_ok=True)
+
+
+# -- execution ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RunOutcome:
+    run: PlannedRun
+    status: str  # "trained", "resumed", "skipped", "failed"
+    run_id: str = ""
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class Summary:
+    spec_id: str
+    scale: str
+    parent_run_id: str = ""
+    outcomes: list[RunOutcome] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+
+def run_spec(
+    spec: Spec,
+    scale: str,
+    workspace: Workspace,
+    *,
+    seeds: int | None = None,
+    rows: list[str] | tuple[str, ...] | None = None,
+    tracking_uri: str | None = None,
+    quiet: bool = False,
+    console: Console | None = None,
+    poll_seconds: float = 2.0,
+) -> Summary:
+    """Train every planned run of ``spec`` at ``scale`` that is not finished yet."""
+    from lafite.tracking import FAILED, FINISHED, KILLED, Tracker
+
+    console = console or Console(stderr=True, quiet=quiet)
+    full = make_plan(spec, scale, seeds, rows)
+    preflight(full, workspace)
+    tracker = Tracker(workspace, tracking_uri)
+    tracker.check()
+    summary = Summary(spec.id, scale)
+
+    for job in full.jobs:
+        if jobs_mod.artifact_path(job, workspace) is None:
+            console.print(f"building job {job.label} [{job.hash}] ...")
+            started = time.perf_counter()
+            jobs_mod.ensure(job, workspace, progress=not quiet)
+            console.print(f"  done in {time.perf_counter() - started:.1f} s")
+    job_tags = {}
+    for job in full.jobs:
+        job_tags[f"lafite.job.{job.name}"] = f"{job.hash} {jobs_mod.artifact_path(job, workspace)}"
+
+    parent_id = tracker.parent_run(spec.id, scale)
+    summary.parent_run_id = parent_id
+    locks = workspace.locks_dir
+    pending = list(full.runs)
+    interrupted = False
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.2f}/{task.total:g} kimg"),
+        TimeElapsedColumn(), console=console, disable=quiet, transient=True,
+    )
+    try:
+        with progress:
+            overall = progress.add_task(f"{spec.id} {scale}", total=len(pending))
+            waiting_since: float | None = None
+            while pending:
+                advanced = False
+                for run in list(pending):
+                    record = tracker.find_child(spec.id, run.hash)
+                    if record is not None and record.status == FINISHED:
+                        summary.outcomes.append(RunOutcome(run, "skipped", record.run_id))
+                        pending.remove(run)
+                        progress.advance(overall)
+                        advanced = True
+                        continue
+                    lock = RunLock(locks / f"run-{run.hash}.lock")
+                    if not lock.acquire():
+                        continue
+                    try:
+                        # Another process may have finished it between our lookup and the lock.
+                        record = tracker.find_child(spec.id, run.hash)
+                        if record is not None and record.status == FINISHED:
+                            outcome = RunOutcome(run, "skipped", record.run_id)
+                        else:
+                            outcome = _train_one(
+                                tracker, run, parent_id, workspace, job_tags,
+                                full.jobs_of_run[run.hash],
+                                resume_run_id=record.run_id if record else None,
+                                progress=progress, console=console,
+                                statuses=(FINISHED, FAILED, KILLED),
+                            )
+                    finally:
+                        lock.release()
+                    summary.outcomes.append(outcome)
+                    pending.remove(run)
+                    progress.advance(overall)
+                    advanced = True
+                if pending and not advanced:
+                    if waiting_since is None:
+                        waiting_since = time.monotonic()
+                        holders = {str((RunLock(locks / f"run-{r.hash}.lock").holder() or {}).get("pid", "?"))
+                                   for r in pending}
+                        console.print(
+                            f"waiting for {len(pending)} run(s) being trained by process(es) "
+                            f"{', '.join(sorted(holders))}"
+                        )
+                    time.sleep(poll_seconds)
+                else:
+                    waiting_since = None
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        done = not pending and not summary.failed
+        tracker.finish_parent(parent_id, FINISHED if done else (KILLED if interrupted else FAILED))
+    return summary
+
+
+def _train_one(
+    tracker: Any,
+    run: PlannedRun,
+    parent_id: str,
+    workspace: Workspace,
+    job_tags: dict[str, str],
+    needed: list[jobs_mod.Job],
+    *,
+    resume_run_id: str | None,
+    progress: Progress,
+    console: Console,
+    statuses: tuple[str, str, str],
+) -> RunOutcome:
+    """Train (or resume) one run under its MLflow child run."""
+    from lafite.tracking import TAG_CHECKPOINT, TAG_RUN_DIR
+    from lafite.train import TrainCallbacks, train_run
+
+    finished, failed, killed = statuses
+    cfg = run.config
+    run_dir = workspace.runs_dir / run.hash
+    logger = tracker.start_child(
+        run.spec_id, parent_id, row=run.row.name, scale=run.scale, seed=run.seed,
+        config_hash=run.hash, config=cfg.to_dict(), flat_params=cfg.flat(),
+        extra_tags={TAG_RUN_DIR: str(run_dir), **job_tags}, resume_run_id=resume_run_id,
+    )
+    task = progress.add_task(run.label, total=cfg.train.kimg)
+    started = time.perf_counter()
+    evaluated_at: list[float] = []
+
+    def on_metrics(kimg: float, values: dict[str, Any]) -> None:
+        logger.log_metrics(kimg, values)
+        progress.update(task, completed=kimg)
+
+    def on_evaluate(kimg: float, values: dict[str, Any]) -> None:
+        evaluated_at.append(kimg)
+        logger.log_metrics(kimg, values)
+        skipped = values.get("not_computed")
+        if isinstance(skipped, dict) and skipped:
+            logger.set_tags({f"lafite.not_computed.{k}": str(v)[:500] for k, v in skipped.items()})
+
+    extra: dict[str, Any] = {}
+    for job in needed:
+        path = jobs_mod.artifact_path(job, workspace)
+        if job.name == cfg.perturb.nn_job and job.kind == "inference-model":
+            from lafite.perturb import load_inference_model
+
+            extra["inference_model"] = load_inference_model(path)
+        elif job.name == cfg.train.init_job and job.kind == "generator":
+            extra["init_checkpoint"] = path
+
+    callbacks = TrainCallbacks(
+        on_metrics=on_metrics,
+        on_evaluate=on_evaluate,
+        on_artifact=lambda path: logger.log_artifact(path, "samples"),
+        on_checkpoint=lambda path: None,
+        evaluate=make_evaluator(cfg, workspace),
+    )
+    evaluate = callbacks.evaluate
+    try:
+        result = train_run(cfg, run_dir, workspace, callbacks, **extra)
+        if not evaluated_at or evaluated_at[-1] < result.kimg:
+            # Killed after the last checkpoint but before (or during) the final evaluation:
+            # training has nothing left to do, the evaluation still has.
+            from lafite.train import load_generator
+
+            g_ema, _ = load_generator(result.final_checkpoint)
+            on_evaluate(result.kimg, evaluate(g_ema, result.kimg))
+    except KeyboardInterrupt:
+        logger.close(killed)
+        raise
+    except UserError:
+        logger.close(failed)
+        raise
+    except Exception as exc:  # recorded, reported at the end; the other rows still run
+        logger.close(failed)
+        console.print(f"[red]{run.label} failed:[/red] {type(exc).__name__}: {exc}")
+        return RunOutcome(run, "failed", logger.run_id, time.perf_counter() - started, repr(exc))
+    finally:
+        progress.remove_task(task)
+    checkpoint = str(Path(result.final_checkpoint).resolve())
+    logger.set_tags({TAG_CHECKPOINT: checkpoint})
+    logger.log_text(checkpoint + "\n", "final_checkpoint.txt")
+    logger.close(finished)
+    status = "resumed" if resume_run_id else "trained"
+    return RunOutcome(run, status, logger.run_id, time.perf_counter() - started)
+
+
+def make_evaluator(cfg: RunConfig, workspace: Workspace) -> Callable[[Any, float], dict[str, Any]]:
+    """The evaluation that training calls periodically and at the end: the metrics module's."""
+
+    def evaluate(g_ema: Any, kimg: float) -> dict[str, Any]:
+        from lafite.metrics.evaluate import evaluate_run
+
+        return evaluate_run(cfg, g_ema, workspace)
+
+    return evaluate
+
+
+def print_summary(summary: Summary, console: Console) -> None:
+    table = Table("row", "seed", "outcome", "seconds", "MLflow run", title=f"{summary.spec_id} ({summary.scale})")
+    for o in summary.outcomes:
+        table.add_row(o.run.row.name, str(o.run.seed), o.status, f"{o.seconds:.1f}", o.run_id)
+    console.print(table)
+
+
+__all__ = [
+    "FullPlan",
+    "RunLock",
+    "RunOutcome",
+    "Summary",
+    "describe_plan",
+    "make_evaluator",
+    "make_plan",
+    "preflight",
+    "print_summary",
+    "run_spec",
+]

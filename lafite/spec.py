@@ -1,0 +1,535 @@
+"""Experiment specs: one YAML file per paper table or figure, validated on load.
+
+A spec says what a table of the paper measures (its metrics and which way is better), the
+paper's setting shared by every row (``base``), what each row changes (``set``, dotted
+RunConfig keys), the numbers the paper prints for it (``paper``) and how each scale shrinks
+the setting (``scales``). :func:`plan` turns a spec, a scale and a number of seeds into the
+resolved :class:`~lafite.config.RunConfig` of every run, each named by a stable hash.
+
+The schema has to fit every table and figure of the paper, not only Table 5:
+
+- rows of other methods that the suite does not train (AttnGAN, DALL-E, XMC-GAN ...) carry the
+  paper's numbers only: ``reference: true`` and no ``set``;
+- tables that report several datasets side by side (Tables 3 and 4) give each row a ``group``
+  (the dataset column) and map it to a world domain per scale with row-level ``scales``;
+- figures give rows an ``x`` value (Figure 7: the percentage of paired data; Figure 1: the number
+  of parameters) and a ``series``, with the axis described by ``x_axis``.
+
+Every mistake is a :class:`SpecError` that names the file, the line where YAML knows it, the row
+and the field, because a spec is the one file a user edits to run an experiment.
+
+Resolution order of a run's configuration: RunConfig defaults, then ``base``, then the scale's
+overrides, then the row's ``set`` (and its ``needs``), then the row's own overrides for that
+scale, then the seed. Scales change the environment (data, sizes, schedule); rows change the
+method; so a row's choice survives the scale unless the row itself says otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lafite.config import RunConfig
+from lafite.errors import ConfigError, UserError
+
+SCALES = ("smoke", "mini", "paper")
+
+# Roles a row may name in ``needs`` and the RunConfig field that takes the job's name.
+NEEDS_FIELDS = {"inference_model": "perturb.nn_job", "generator": "train.init_job"}
+
+
+class SpecError(UserError):
+    """A mistake in an experiment spec file; the message names file, row and field."""
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    higher_is_better: bool
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class ScaleSpec:
+    """How one scale shrinks the paper's setting: overrides and the default number of seeds."""
+
+    name: str
+    overrides: dict[str, Any]
+    seeds: int = 1
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    paper: dict[str, float] = field(default_factory=dict)
+    needs: dict[str, str] = field(default_factory=dict)
+    reference: bool = False
+    group: str = ""
+    series: str = ""
+    x: float | None = None
+    scale_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: str = ""
+    # "file: rows[i] 'name'", for messages about this row.
+    where: str = ""
+
+
+@dataclass(frozen=True)
+class Spec:
+    id: str
+    title: str
+    paper: dict[str, Any]
+    metrics: tuple[MetricSpec, ...]
+    base: dict[str, Any]
+    rows: tuple[RowSpec, ...]
+    scales: dict[str, ScaleSpec]
+    notes: str = ""
+    x_axis: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def kind(self) -> str:
+        """"table" or "figure", from the ``paper`` reference."""
+        return "figure" if "figure" in self.paper else "table"
+
+    @property
+    def trainable_rows(self) -> tuple[RowSpec, ...]:
+        return tuple(r for r in self.rows if not r.reference)
+
+    def row(self, name: str) -> RowSpec:
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise UserError(
+            f"{self.id}: no row named {name!r}. Rows: {', '.join(r.name for r in self.trainable_rows)}"
+        )
+
+    def metric(self, name: str) -> MetricSpec:
+        for m in self.metrics:
+            if m.name == name:
+                return m
+        raise UserError(f"{self.id}: no metric {name!r}")
+
+    def base_config(self, scale: str) -> RunConfig:
+        """The configuration every row starts from at ``scale`` (base plus scale overrides)."""
+        scale_spec = self.scale(scale)
+        try:
+            cfg = RunConfig().override(self.base, where=f"{_file(self)}: base")
+            cfg = cfg.override({"scale": scale}, where=f"{_file(self)}: scales.{scale}")
+            return cfg.override(scale_spec.overrides, where=f"{_file(self)}: scales.{scale}")
+        except ConfigError as exc:
+            raise SpecError(str(exc)) from None
+
+    def resolve(self, row: RowSpec, scale: str, seed: int = 0) -> RunConfig:
+        """The complete configuration of one run of ``row`` at ``scale`` with ``seed``."""
+        if row.reference:
+            raise UserError(f"{row.where}: is a reference row (paper numbers only); it has no run")
+        cfg = self.base_config(scale)
+        where = row.where or f"{self.id}: row {row.name!r}"
+        try:
+            cfg = cfg.override(row.overrides, where=f"{where}: set")
+            cfg = cfg.override(
+                {NEEDS_FIELDS[role]: job for role, job in row.needs.items()}, where=f"{where}: needs"
+            )
+            cfg = cfg.override(
+                row.scale_overrides.get(scale, {}), where=f"{where}: scales.{scale}"
+            )
+            return cfg.override({"train.seed": seed}, where=where)
+        except ConfigError as exc:
+            raise SpecError(str(exc)) from None
+
+    def scale(self, name: str) -> ScaleSpec:
+        if name not in self.scales:
+            raise UserError(
+                f"{self.id}: unknown scale {name!r}; this spec defines: "
+                f"{', '.join(s for s in SCALES if s in self.scales)}"
+            )
+        return self.scales[name]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a plan: a row at a scale with a seed, its configuration and its hash."""
+
+    spec_id: str
+    row: RowSpec
+    scale: str
+    seed: int
+    config: RunConfig
+    hash: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.row.name} (seed {self.seed})"
+
+
+# -- metric names ------------------------------------------------------------------------------
+
+
+def known_metrics() -> dict[str, bool]:
+    """Metric name -> higher_is_better, from the metrics package's registry (the one list of
+    metric names the spec loader, the CLI and the report share)."""
+    from lafite.metrics import METRICS
+
+    return {name: info.higher_is_better for name, info in METRICS.items()}
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+_TOP_KEYS = {
+    "id": str,
+    "title": str,
+    "paper": dict,
+    "metrics": list,
+    "base": dict,
+    "rows": list,
+    "scales": dict,
+    "notes": str,
+    "x_axis": dict,
+}
+_REQUIRED_TOP = ("id", "title", "paper", "metrics", "rows", "scales")
+_PAPER_KEYS = {"table": int, "figure": int, "section": str, "page": int}
+_METRIC_KEYS = {"name": str, "higher_is_better": bool, "label": str}
+_ROW_KEYS = {
+    "name": str,
+    "set": dict,
+    "paper": dict,
+    "needs": dict,
+    "reference": bool,
+    "group": str,
+    "series": str,
+    "x": (int, float),
+    "scales": dict,
+    "notes": str,
+}
+_X_AXIS_KEYS = {"label": str, "log": bool, "unit": str}
+
+
+def load(path: str | Path) -> Spec:
+    """Read and validate one spec file; every problem is a :class:`SpecError`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        detail = f"{context}: {problem}" if context else problem
+        raise SpecError(f"{where}: YAML syntax error: {detail}. Fix the file at that line.") from None
+    return parse(data, path)
+
+
+def parse(data: Any, path: Path) -> Spec:
+    """Validate a spec already read from YAML (``path`` names it in messages)."""
+    name = str(path)
+    if not isinstance(data, dict):
+        raise SpecError(f"{name}: a spec must be a mapping with keys {', '.join(_TOP_KEYS)}")
+    _check_keys(data, _TOP_KEYS, name, "top level")
+    for key in _REQUIRED_TOP:
+        if key not in data:
+            raise SpecError(f"{name}: missing required key '{key}'")
+    spec_id = data["id"]
+    if spec_id != path.stem:
+        raise SpecError(f"{name}: id {spec_id!r} must equal the file name {path.stem!r}")
+
+    paper = data["paper"]
+    _check_keys(paper, _PAPER_KEYS, name, "paper")
+    if ("table" in paper) == ("figure" in paper):
+        raise SpecError(f"{name}: paper: give exactly one of 'table' or 'figure' (a number)")
+
+    registry = known_metrics()
+    metrics: list[MetricSpec] = []
+    for i, entry in enumerate(data["metrics"]):
+        where = f"metrics[{i}]"
+        if not isinstance(entry, dict):
+            raise SpecError(f"{name}: {where}: expected a mapping {{name, higher_is_better}}")
+        _check_keys(entry, _METRIC_KEYS, name, where)
+        for key in ("name", "higher_is_better"):
+            if key not in entry:
+                raise SpecError(f"{name}: {where}: missing '{key}'")
+        if entry["name"] not in registry:
+            raise SpecError(
+                f"{name}: {where}: unknown metric {entry['name']!r}. "
+                f"Known metrics: {', '.join(sorted(registry))}"
+            )
+        expected = registry[entry["name"]]
+        if entry["higher_is_better"] != expected:
+            raise SpecError(
+                f"{name}: {where}: {entry['name']} has higher_is_better: {expected} "
+                f"in the metric registry, the spec says {entry['higher_is_better']}"
+            )
+        metrics.append(MetricSpec(entry["name"], entry["higher_is_better"], entry.get("label", "")))
+    metric_names = {m.name for m in metrics}
+    if len(metric_names) != len(metrics):
+        raise SpecError(f"{name}: metrics: a metric is listed twice")
+
+    base = data.get("base") or {}
+    try:
+        RunConfig().override(base, where=f"{name}: base")
+    except ConfigError as exc:
+        raise SpecError(str(exc)) from None
+
+    x_axis = data.get("x_axis") or {}
+    _check_keys(x_axis, _X_AXIS_KEYS, name, "x_axis")
+
+    scales: dict[str, ScaleSpec] = {}
+    for scale_name, body in data["scales"].items():
+        where = f"scales.{scale_name}"
+        if scale_name not in SCALES:
+            raise SpecError(
+                f"{name}: {where}: unknown scale {scale_name!r}; valid: {', '.join(SCALES)}"
+            )
+        if body is not None and not isinstance(body, dict):
+            raise SpecError(f"{name}: {where}: expected a mapping of overrides")
+        body = dict(body or {})
+        seeds = body.pop("seeds", 1)
+        if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+            raise SpecError(f"{name}: {where}.seeds: must be a positive integer, got {seeds!r}")
+        if "scale" in body:
+            raise SpecError(f"{name}: {where}: 'scale' is set by the scale's name; remove it")
+        scales[scale_name] = ScaleSpec(scale_name, body, seeds)
+
+    rows: list[RowSpec] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(data["rows"]):
+        rows.append(_parse_row(entry, i, name, metric_names, scales))
+        if rows[-1].name in seen:
+            raise SpecError(f"{name}: rows[{i}]: duplicate row name {rows[-1].name!r}")
+        seen.add(rows[-1].name)
+    if not rows:
+        raise SpecError(f"{name}: rows: a spec needs at least one row")
+
+    spec = Spec(
+        id=spec_id,
+        title=data["title"],
+        paper=dict(paper),
+        metrics=tuple(metrics),
+        base=base,
+        rows=tuple(rows),
+        scales=scales,
+        notes=data.get("notes", ""),
+        x_axis=dict(x_axis),
+        path=path,
+    )
+    # Resolve every row at every scale now, so that a bad value fails at load time and names
+    # its row, not hours later when that row's turn comes.
+    for row in spec.trainable_rows:
+        for scale_name in spec.scales:
+            spec.resolve(row, scale_name)
+    return spec
+
+
+def _parse_row(
+    entry: Any, index: int, file: str, metric_names: set[str], scales: dict[str, ScaleSpec]
+) -> RowSpec:
+    if not isinstance(entry, dict):
+        raise SpecError(f"{file}: rows[{index}]: expected a mapping with at least 'name'")
+    label = f"rows[{index}]" + (f" {entry['name']!r}" if isinstance(entry.get("name"), str) else "")
+    _check_keys(entry, _ROW_KEYS, file, label)
+    if "name" not in entry:
+        raise SpecError(f"{file}: {label}: missing 'name'")
+    where = f"{file}: {label}"
+    reference = entry.get("reference", False)
+    if reference and ("set" in entry or "needs" in entry or "scales" in entry):
+        raise SpecError(
+            f"{where}: a reference row (paper numbers only) cannot have 'set', 'needs' or 'scales'"
+        )
+    paper: dict[str, float] = {}
+    for metric, value in (entry.get("paper") or {}).items():
+        if metric not in metric_names:
+            raise SpecError(
+                f"{where}: paper.{metric}: not one of this spec's metrics "
+                f"({', '.join(sorted(metric_names))})"
+            )
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise SpecError(f"{where}: paper.{metric}: must be a number, got {value!r}")
+        paper[metric] = float(value)
+    needs = entry.get("needs") or {}
+    for role, job in needs.items():
+        if role not in NEEDS_FIELDS:
+            raise SpecError(
+                f"{where}: needs.{role}: unknown role; valid: {', '.join(NEEDS_FIELDS)}"
+            )
+        if not isinstance(job, str):
+            raise SpecError(f"{where}: needs.{role}: must be a job name from experiments/jobs.yaml")
+    row_scales: dict[str, dict[str, Any]] = {}
+    for scale_name, body in (entry.get("scales") or {}).items():
+        if scale_name not in scales:
+            raise SpecError(
+                f"{where}: scales.{scale_name}: not a scale of this spec ({', '.join(scales)})"
+            )
+        if not isinstance(body, dict):
+            raise SpecError(f"{where}: scales.{scale_name}: expected a mapping of overrides")
+        row_scales[scale_name] = body
+    x = entry.get("x")
+    return RowSpec(
+        name=entry["name"],
+        overrides=dict(entry.get("set") or {}),
+        paper=paper,
+        needs=dict(needs),
+        reference=reference,
+        group=entry.get("group", ""),
+        series=entry.get("series", ""),
+        x=float(x) if x is not None else None,
+        scale_overrides=row_scales,
+        notes=entry.get("notes", ""),
+        where=where,
+    )
+
+
+def _check_keys(mapping: Any, schema: dict[str, Any], file: str, where: str) -> None:
+    if not isinstance(mapping, dict):
+        raise SpecError(f"{file}: {where}: expected a mapping")
+    for key, value in mapping.items():
+        if key not in schema:
+            raise SpecError(
+                f"{file}: {where}: unknown key {key!r}. Valid keys: {', '.join(schema)}"
+            )
+        expected = schema[key]
+        if isinstance(value, bool) and expected is not bool and bool not in _as_tuple(expected):
+            ok = False
+        else:
+            ok = isinstance(value, expected)
+        if not ok:
+            raise SpecError(
+                f"{file}: {where}: '{key}' must be {_type_name(expected)}, got {value!r}"
+            )
+
+
+def _as_tuple(t: Any) -> tuple:
+    return t if isinstance(t, tuple) else (t,)
+
+
+def _type_name(t: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             dict: "a mapping", list: "a list"}
+    return " or ".join(names.get(x, x.__name__) for x in _as_tuple(t))
+
+
+def _file(spec: Spec) -> str:
+    return str(spec.path) if spec.path else spec.id
+
+
+# -- finding specs -----------------------------------------------------------------------------
+
+
+def experiments_dirs() -> list[Path]:
+    """Where spec files are looked up: ./experiments, then the one next to the package."""
+    here = Path.cwd() / "experiments"
+    shipped = Path(__file__).resolve().parent.parent / "experiments"
+    dirs = [here]
+    if shipped.resolve() != here.resolve():
+        dirs.append(shipped)
+    return [d for d in dirs if d.is_dir()]
+
+
+def spec_files() -> dict[str, Path]:
+    """Spec id -> file, for every table and figure spec (jobs.yaml is not a spec)."""
+    found: dict[str, Path] = {}
+    for folder in reversed(experiments_dirs()):
+        for path in sorted(folder.glob("*.yaml")):
+            if path.stem != "jobs":
+                found[path.stem] = path
+    return dict(sorted(found.items(), key=lambda kv: _natural(kv[0])))
+
+
+def _natural(spec_id: str) -> tuple:
+    head = spec_id.rstrip("0123456789")
+    tail = spec_id[len(head):]
+    return (head, int(tail) if tail else 0)
+
+
+def find(spec_id: str) -> Spec:
+    """Load the spec named ``spec_id`` (e.g. ``table5``) or a path to a spec file."""
+    candidate = Path(spec_id)
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        return load(candidate)
+    files = spec_files()
+    if spec_id not in files:
+        valid = ", ".join(files) or "(none found: run from the repository or pass a file path)"
+        raise UserError(f"unknown table or figure {spec_id!r}. Valid choices: {valid}")
+    return load(files[spec_id])
+
+
+# -- planning ----------------------------------------------------------------------------------
+
+
+def plan(
+    spec: Spec,
+    scale: str,
+    seeds: int | None = None,
+    rows: list[str] | tuple[str, ...] | None = None,
+) -> list[PlannedRun]:
+    """Every run of ``spec`` at ``scale``: one per trainable row and seed, in row order.
+
+    ``seeds`` defaults to the scale's count; seeds are 0 .. seeds-1. ``rows`` selects rows by
+    name. The hashes of the jobs a run names (perturb.nn_job, train.init_job) enter the run's
+    hash, so that redefining an inference model under the same name makes new runs instead of
+    silently reusing results made with the old one.
+    """
+    scale_spec = spec.scale(scale)
+    if seeds is not None and seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    n_seeds = seeds or scale_spec.seeds
+    selected = list(spec.trainable_rows)
+    if rows:
+        valid = {r.name for r in spec.trainable_rows}
+        unknown = [r for r in rows if r not in valid]
+        if unknown:
+            raise UserError(
+                f"{spec.id}: unknown row(s) {', '.join(map(repr, unknown))}. "
+                f"Valid rows: {', '.join(repr(r.name) for r in spec.trainable_rows)}"
+            )
+        selected = [r for r in selected if r.name in set(rows)]
+    planned: list[PlannedRun] = []
+    definitions = None
+    for row in selected:
+        for seed in range(n_seeds):
+            cfg = spec.resolve(row, scale, seed)
+            named = [j for j in (cfg.perturb.nn_job, cfg.train.init_job) if j]
+            job_hashes: dict[str, str] = {}
+            if named:
+                from lafite import jobs
+
+                definitions = definitions if definitions is not None else jobs.load_definitions()
+                job_hashes = {j: jobs.resolve(j, cfg, definitions).hash for j in named}
+            planned.append(PlannedRun(spec.id, row, scale, seed, cfg, run_hash(cfg, job_hashes)))
+    return planned
+
+
+def run_hash(cfg: RunConfig, job_hashes: dict[str, str]) -> str:
+    """The config hash, extended by the hashes of the jobs this config names explicitly."""
+    named = dict(sorted(job_hashes.items()))
+    if not named:
+        return cfg.hash()
+    blob = json.dumps({"config": cfg.hash(), "jobs": named}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+__all__ = [
+    "SCALES",
+    "MetricSpec",
+    "PlannedRun",
+    "RowSpec",
+    "ScaleSpec",
+    "Spec",
+    "SpecError",
+    "find",
+    "known_metrics",
+    "load",
+    "parse",
+    "plan",
+    "run_hash",
+    "spec_files",
+]

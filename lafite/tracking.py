@@ -1,0 +1,435 @@
+"""MLflow bookkeeping: the only module that imports mlflow.
+
+Layout in the store: one experiment per spec (``table5``), one parent run per (spec, scale)
+(reused by every invocation, so the store holds one table per scale however often it is run),
+and one child run per row and seed, tagged with the run's configuration hash. The hash is how
+the runner finds a finished run again (skip) or an interrupted one (resume with the same run id).
+
+Logging must not stall training: :class:`RunLogger` only appends metrics to an in-memory buffer
+(microseconds); a background thread sends them with ``log_batch`` every few seconds, because one
+synchronous ``log_metric`` costs 3-5 ms on sqlite and ~37 ms against a server
+(reference/tooling-facts.md section 3). Artifacts are copied by the same thread.
+
+Everything here goes through an explicit ``MlflowClient`` (never the fluent API's global active
+run), so that several trackers can live in one process (tests, the benchmark) and nothing
+depends on a process-wide tracking URI.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import queue
+import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from lafite.errors import UserError
+from lafite.workspace import Workspace
+
+# Tag names; "lafite." keeps them apart from MLflow's own "mlflow." tags.
+TAG_SPEC = "lafite.spec"
+TAG_SCALE = "lafite.scale"
+TAG_ROLE = "lafite.role"
+TAG_ROW = "lafite.row"
+TAG_SEED = "lafite.seed"
+TAG_HASH = "lafite.config_hash"
+TAG_GIT = "lafite.git_commit"
+TAG_CHECKPOINT = "lafite.final_checkpoint"
+TAG_RUN_DIR = "lafite.run_dir"
+TAG_PARENT = "mlflow.parentRunId"
+
+MAX_PARAM_CHARS = 500  # MLflow rejects longer param values
+_PARAMS_PER_BATCH = 100
+_METRICS_PER_BATCH = 1000
+_VERSIONED_PACKAGES = ("lafite-repro", "torch", "torchvision", "open_clip_torch", "mlflow",
+                       "torch-fidelity", "numpy", "optuna")
+
+FINISHED = RunStatus.to_string(RunStatus.FINISHED)
+RUNNING = RunStatus.to_string(RunStatus.RUNNING)
+FAILED = RunStatus.to_string(RunStatus.FAILED)
+KILLED = RunStatus.to_string(RunStatus.KILLED)
+
+
+def default_uri(workspace: Workspace, tracking_uri: str | None = None) -> str:
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else the workspace's sqlite store."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace.mlflow_db}"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the store knows about one child run."""
+
+    run_id: str
+    status: str
+    config_hash: str
+    row: str
+    seed: int
+
+
+class Tracker:
+    """The MLflow store of one workspace (or the server named by ``tracking_uri``)."""
+
+    def __init__(self, workspace: Workspace, tracking_uri: str | None = None) -> None:
+        self.workspace = workspace
+        self.uri = default_uri(workspace, tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self._experiments: dict[str, str] = {}
+
+    @property
+    def is_local(self) -> bool:
+        return self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
+
+    def check(self) -> None:
+        """Fail early with one message if the store cannot be reached."""
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as exc:  # any transport or schema error means "cannot use this store"
+            raise UserError(
+                f"cannot reach the MLflow tracking store {self.uri!r}: {str(exc).splitlines()[0]}. "
+                "Check --tracking-uri / MLFLOW_TRACKING_URI (is the server running?)"
+            ) from None
+
+    # -- experiments and runs --------------------------------------------------------------------
+    def experiment_id(self, spec_id: str, create: bool = True) -> str | None:
+        """The experiment of ``spec_id``; created with its artifacts under the workspace."""
+        if spec_id in self._experiments:
+            return self._experiments[spec_id]
+        found = self.client.get_experiment_by_name(spec_id)
+        if found is None:
+            if not create:
+                return None
+            # A local store keeps artifacts in the workspace; a server decides for itself (it
+            # proxies them with --serve-artifacts), so no location is forced on it.
+            location = (
+                (self.workspace.mlflow_artifacts / spec_id).resolve().as_uri()
+                if self.is_local
+                else None
+            )
+            try:
+                exp_id = self.client.create_experiment(spec_id, artifact_location=location)
+            except MlflowException:
+                # Another process created it between our lookup and create.
+                found = self.client.get_experiment_by_name(spec_id)
+                if found is None:
+                    raise
+                exp_id = found.experiment_id
+        else:
+            exp_id = found.experiment_id
+        self._experiments[spec_id] = exp_id
+        return exp_id
+
+    def _search(self, experiment_id: str, filter_string: str) -> list[Any]:
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [experiment_id],
+                filter_string=filter_string,
+                max_results=1000,
+                order_by=["attributes.start_time DESC"],
+                page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def parent_run(self, spec_id: str, scale: str) -> str:
+        """The id of the parent run of (spec, scale), created on first use."""
+        exp_id = self.experiment_id(spec_id)
+        assert exp_id is not None
+        existing = self._search(
+            exp_id,
+            f"tags.`{TAG_ROLE}` = 'parent' and tags.`{TAG_SCALE}` = '{scale}'",
+        )
+        if existing:
+            run_id = existing[-1].info.run_id  # the oldest, should two ever exist
+            if existing[-1].info.status != RUNNING:
+                self.client.update_run(run_id, status=RUNNING)
+            return run_id
+        run = self.client.create_run(
+            exp_id,
+            run_name=f"{spec_id} ({scale})",
+            tags={TAG_SPEC: spec_id, TAG_SCALE: scale, TAG_ROLE: "parent", **provenance_tags()},
+        )
+        return run.info.run_id
+
+    def finish_parent(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def find_child(self, spec_id: str, config_hash: str) -> RunRecord | None:
+        """The child run with this hash: a finished one if any, else the newest unfinished one."""
+        exp_id = self.experiment_id(spec_id, create=False)
+        if exp_id is None:
+            return None
+        runs = self._search(exp_id, f"tags.`{TAG_HASH}` = '{config_hash}'")
+        if not runs:
+            return None
+        finished = [r for r in runs if r.info.status == FINISHED]
+        chosen = finished[0] if finished else runs[0]
+        return _record(chosen)
+
+    def children(self, spec_id: str, scale: str | None = None) -> list[RunRecord]:
+        exp_id = self.experiment_id(spec_id, create=False)
+        if exp_id is None:
+            return []
+        query = f"tags.`{TAG_ROLE}` = 'child'"
+        if scale:
+            query += f" and tags.`{TAG_SCALE}` = '{scale}'"
+        return [_record(r) for r in self._search(exp_id, query)]
+
+    def start_child(
+        self,
+        spec_id: str,
+        parent_id: str,
+        *,
+        row: str,
+        scale: str,
+        seed: int,
+        config_hash: str,
+        config: Mapping[str, Any],
+        flat_params: Mapping[str, Any],
+        extra_tags: Mapping[str, str] | None = None,
+        resume_run_id: str | None = None,
+    ) -> RunLogger:
+        """Open the child run of one (row, seed): a new one, or ``resume_run_id`` again.
+
+        Params, tags and the resolved configuration are written before training starts, so a
+        run killed at any point is still findable by its hash and resumable.
+        """
+        exp_id = self.experiment_id(spec_id)
+        assert exp_id is not None
+        if resume_run_id is not None:
+            self.client.update_run(resume_run_id, status=RUNNING)
+            return RunLogger(self.client, resume_run_id)
+        tags = {
+            TAG_PARENT: parent_id,
+            TAG_SPEC: spec_id,
+            TAG_ROLE: "child",
+            TAG_ROW: row,
+            TAG_SCALE: scale,
+            TAG_SEED: str(seed),
+            TAG_HASH: config_hash,
+            **provenance_tags(),
+            **(extra_tags or {}),
+        }
+        run = self.client.create_run(exp_id, run_name=f"{row} s{seed}", tags=tags)
+        run_id = run.info.run_id
+        params = [Param(k, _param_value(v)) for k, v in flat_params.items()]
+        for start in range(0, len(params), _PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=params[start : start + _PARAMS_PER_BATCH])
+        self.client.log_text(run_id, yaml.safe_dump(dict(config), sort_keys=False), "config.yaml")
+        return RunLogger(self.client, run_id)
+
+    # -- reading, for report and tune -----------------------------------------------------------
+    def runs_frame(self, spec_id: str, scale: str | None = None, status: str = FINISHED) -> pd.DataFrame:
+        """Child runs of a spec as a DataFrame: one row per run; columns ``run_id``, ``row``,
+        ``seed``, ``scale``, ``config_hash``, ``status``, ``metrics.<name>``, ``params.<key>``."""
+        exp_id = self.experiment_id(spec_id, create=False)
+        if exp_id is None:
+            return pd.DataFrame(columns=["run_id", "row", "seed", "scale", "config_hash", "status"])
+        query = f"tags.`{TAG_ROLE}` = 'child'"
+        if scale:
+            query += f" and tags.`{TAG_SCALE}` = '{scale}'"
+        if status:
+            query += f" and attributes.status = '{status}'"
+        records = []
+        for run in self._search(exp_id, query):
+            tags = run.data.tags
+            entry: dict[str, Any] = {
+                "run_id": run.info.run_id,
+                "row": tags.get(TAG_ROW, ""),
+                "seed": int(tags.get(TAG_SEED, "0")),
+                "scale": tags.get(TAG_SCALE, ""),
+                "config_hash": tags.get(TAG_HASH, ""),
+                "status": run.info.status,
+                "final_checkpoint": tags.get(TAG_CHECKPOINT, ""),
+            }
+            entry.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+            entry.update({f"params.{k}": v for k, v in run.data.params.items()})
+            records.append(entry)
+        columns = ["run_id", "row", "seed", "scale", "config_hash", "status"]
+        return pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=columns)
+
+    def run_checkpoint(self, run_ref: str) -> Path:
+        """The final checkpoint of a run named by its MLflow run id."""
+        try:
+            run = self.client.get_run(run_ref)
+        except MlflowException:
+            raise UserError(
+                f"--run {run_ref!r}: no such MLflow run in {self.uri}. Give a run id "
+                "(see `lafite-repro ui`) or a checkpoint file path."
+            ) from None
+        path = run.data.tags.get(TAG_CHECKPOINT)
+        if not path:
+            raise UserError(f"--run {run_ref!r}: this run has no final checkpoint (not finished?)")
+        return Path(path)
+
+
+def _record(run: Any) -> RunRecord:
+    tags = run.data.tags
+    return RunRecord(
+        run_id=run.info.run_id,
+        status=run.info.status,
+        config_hash=tags.get(TAG_HASH, ""),
+        row=tags.get(TAG_ROW, ""),
+        seed=int(tags.get(TAG_SEED, "0")),
+    )
+
+
+def _param_value(value: Any) -> str:
+    text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+    return text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
+
+
+class RunLogger:
+    """Non-blocking logging into one MLflow run.
+
+    ``log_metrics`` appends to a buffer and returns; a daemon thread sends the buffer with
+    ``log_batch`` every ``flush_seconds`` and copies queued artifacts. :meth:`close` drains
+    everything and sets the run's final status.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, flush_seconds: float = 2.0) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.flush_seconds = flush_seconds
+        self._metrics: list[Metric] = []
+        self._lock = threading.Lock()
+        self._artifacts: queue.Queue[tuple[str, str | None]] = queue.Queue()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name=f"mlflow-{run_id[:8]}", daemon=True)
+        self._thread.start()
+
+    # Called from the training loop: must stay cheap.
+    def log_metrics(self, kimg: float, values: Mapping[str, Any], prefix: str = "") -> None:
+        """Record ``values`` at step ``kimg*1000`` (images seen), skipping non-numbers."""
+        step = int(round(kimg * 1000))
+        now = int(time.time() * 1000)
+        batch = []
+        for key, value in values.items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue
+            batch.append(Metric(f"{prefix}{key}", number, now, step))
+        with self._lock:
+            self._metrics.extend(batch)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._artifacts.put((str(path), artifact_path))
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._metrics = self._metrics, []
+        for start in range(0, len(pending), _METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=pending[start : start + _METRICS_PER_BATCH])
+        while True:
+            try:
+                path, artifact_path = self._artifacts.get_nowait()
+            except queue.Empty:
+                break
+            if Path(path).exists():
+                self.client.log_artifact(self.run_id, path, artifact_path)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.flush_seconds):
+            try:
+                self.flush()
+            except Exception as exc:  # kept, re-raised by close(): never kill training for it
+                self._error = exc
+
+    def close(self, status: str = FINISHED) -> None:
+        """Drain the buffer, then mark the run ``status`` (FINISHED, FAILED or KILLED)."""
+        self._stop.set()
+        self._thread.join()
+        self.flush()
+        self.client.set_terminated(self.run_id, status=status)
+        if self._error is not None and status == FINISHED:
+            raise RuntimeError(f"MLflow logging failed for run {self.run_id}: {self._error}")
+
+    def abandon(self) -> None:
+        """Stop the thread without touching the run's status (the process is going away)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self.flush()
+        except Exception:  # best effort on the way out
+            pass
+
+
+# -- provenance ----------------------------------------------------------------------------------
+
+
+@functools.cache
+def provenance_tags() -> dict[str, str]:
+    """Git commit (with a ``-dirty`` mark) and package versions, tagged on every run."""
+    tags = {TAG_GIT: git_commit(), "lafite.python": platform.python_version()}
+    for package in _VERSIONED_PACKAGES:
+        try:
+            tags[f"lafite.version.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return tags
+
+
+def git_commit() -> str:
+    """The commit of the source tree this package runs from, or "unknown" outside git."""
+    source = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
+
+
+def serve_command(workspace: Workspace, host: str, port: int) -> list[str]:
+    """The ``mlflow server`` command line that shows the workspace's store."""
+    return [
+        "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{workspace.mlflow_db}",
+        "--artifacts-destination", str(workspace.mlflow_artifacts),
+        "--host", host, "--port", str(port), "--workers", "1",
+    ]
+
+
+__all__ = [
+    "FAILED",
+    "FINISHED",
+    "KILLED",
+    "RUNNING",
+    "RunLogger",
+    "RunRecord",
+    "Tracker",
+    "default_uri",
+    "git_commit",
+    "provenance_tags",
+    "serve_command",
+]
