@@ -1,0 +1,115 @@
+"""Which folder a run reads: the materialised world, or a real dataset under a data root.
+
+Everything downstream gets an :class:`ImageTextFolder`, so the world and real data share one code
+path. Real datasets are never downloaded here (they are large and licensed); a missing one stops
+with a message naming the path the suite looked at and how to prepare it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lafite.config import RunConfig
+from lafite.data.folder import ImageTextFolder
+from lafite.data.world import World, materialise
+from lafite.errors import UserError
+from lafite.workspace import Workspace
+
+# Real datasets of the paper: id → how to obtain and prepare it (one line, for error messages).
+REAL_DATASETS = {
+    "coco2014": (
+        "MS-COCO 2014 (cocodataset.org: train2014/val2014 images and captions_*2014.json); "
+        "write each image's 5 captions to a same-named .txt, one per line, train2014 into "
+        "train/ and val2014 into test/"
+    ),
+    "cub": (
+        "CUB-200-2011 images with the AttnGAN bird captions (10 per image, text/ folder); "
+        "use the AttnGAN train/test split (filenames.pickle)"
+    ),
+    "ln-coco": (
+        "COCO 2017 images with Localized Narratives captions (google.github.io/"
+        "localized-narratives); each narrative is one line of the image's .txt, train2017 into "
+        "train/ and val2017 into test/"
+    ),
+    "mm-celeba-hq": (
+        "Multi-Modal-CelebA-HQ (github.com/IIGROUP/MM-CelebA-HQ-Dataset): images plus the 10 "
+        "text descriptions per image, split 24,000 train / 6,000 test"
+    ),
+    "cc3m": (
+        "Conceptual Captions 3M (ai.google.com/research/ConceptualCaptions): download the images "
+        "from the URL list (e.g. with img2dataset) and write each caption to a same-named .txt"
+    ),
+    "ffhq": (
+        "FFHQ (github.com/NVlabs/ffhq-dataset) images; no captions are needed (language-free "
+        "training only)"
+    ),
+}
+VALID_DATASETS = ("world", "folder", *REAL_DATASETS)
+SPLITS = ("train", "test")
+_FOLDER_LAYOUT = (
+    "an image + caption folder: k.png/k.jpg next to k.txt with one caption per line "
+    "(the official LAFITE dataset_tool source format)"
+)
+
+
+def world_folder(cfg: RunConfig, split: str, workspace: Workspace) -> Path:
+    """Where ``open_dataset`` materialises the world for this config and split."""
+    return workspace.world_dir / _world(cfg, split).key
+
+
+def _world(cfg: RunConfig, split: str) -> World:
+    size = cfg.world.n_train if split == "train" else cfg.world.n_test
+    return World(cfg.world.domain, split, cfg.data.resolution, seed=cfg.world.seed, size=size)
+
+
+def open_dataset(
+    cfg: RunConfig, split: str, workspace: Workspace, progress: bool = False
+) -> ImageTextFolder:
+    """The image + caption folder of ``split`` for ``cfg.data`` (world: materialised on demand).
+
+    ``data.max_train_images`` (the official ``--subset``) limits the training split to the first
+    N images of the sorted file list.
+    """
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    data = cfg.data
+    limit = data.max_train_images if split == "train" else 0
+    if data.dataset == "world":
+        world = _world(cfg, split)
+        folder = materialise(world, workspace.world_dir / world.key, progress=progress)
+        return ImageTextFolder(folder, data.resolution, max_images=limit)
+    if data.dataset not in VALID_DATASETS:
+        raise UserError(
+            f"data.dataset: unknown dataset {data.dataset!r}; valid: {', '.join(VALID_DATASETS)}"
+        )
+    path = _real_path(cfg, split)
+    if not path.is_dir():
+        how = REAL_DATASETS.get(data.dataset, _FOLDER_LAYOUT)
+        raise UserError(
+            f"dataset {data.dataset!r} ({split} split) not found at {path}. Provide {how}. "
+            f"Expected layout: <data.data_root>/{data.dataset}/{{train,test}}/ holding "
+            f"{_FOLDER_LAYOUT}; or set data.{split}_path to the folder"
+        )
+    return ImageTextFolder(path, data.resolution, max_images=limit)
+
+
+def _real_path(cfg: RunConfig, split: str) -> Path:
+    data = cfg.data
+    explicit = data.train_path if split == "train" else data.test_path
+    if explicit:
+        return Path(explicit).expanduser()
+    if data.dataset == "folder":
+        raise UserError(
+            f"data.dataset is 'folder' but data.{split}_path is empty; set data.train_path and "
+            f"data.test_path to {_FOLDER_LAYOUT}"
+        )
+    if not data.data_root:
+        raise UserError(
+            f"dataset {data.dataset!r} needs data.data_root (the folder holding "
+            f"{data.dataset}/train and {data.dataset}/test) or data.{split}_path; "
+            f"to get the data: {REAL_DATASETS[data.dataset]}"
+        )
+    return Path(data.data_root).expanduser() / data.dataset / split
+
+
+__all__ = ["REAL_DATASETS", "VALID_DATASETS", "open_dataset", "world_folder"]
