@@ -1,6 +1,12 @@
 """Checkpoint files: atomic replacement, weights_only loading, RNG states round-trip."""
 
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,3 +57,62 @@ def test_corrupt_or_missing_checkpoint_is_a_user_error(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="delete it"):
         load_checkpoint(bad)
+
+
+CHILD = """
+import sys, time
+sys.path.insert(0, {tests!r})
+import torch
+torch.set_num_threads(1)
+from _train_smoke import smoke_config, tiny_clip
+from lafite.train import TrainCallbacks, train_run
+from lafite.workspace import Workspace
+
+def hang_after_first(path):
+    open({marker!r}, "w").write("checkpoint written")
+    time.sleep(600)  # the parent kills us here, mid-run
+
+train_run(smoke_config(), {run_dir!r}, Workspace.resolve({ws!r}),
+          TrainCallbacks(on_checkpoint=hang_after_first), clip=tiny_clip())
+"""
+
+
+def test_run_killed_with_sigkill_resumes_and_matches(workspace, tmp_path):
+    """A training process killed mid-run resumes from its checkpoint and ends bit-identical."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _train_smoke import smoke_config, tiny_clip
+
+    from lafite.train import train_run
+
+    torch.set_num_threads(1)
+    clip = tiny_clip()
+    run_dir, marker = tmp_path / "killed", tmp_path / "marker"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(tests=str(Path(__file__).parent), marker=str(marker),
+                                   run_dir=str(run_dir), ws=str(workspace.root)))
+    child = subprocess.Popen([sys.executable, str(script)], env={**os.environ},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert child.poll() is None, child.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "child never wrote a checkpoint"
+            time.sleep(0.1)
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"] == 4
+    resumed = train_run(smoke_config(), run_dir, workspace, clip=clip)
+    assert resumed.resumed_from == 4 and resumed.steps == 8
+    straight = train_run(smoke_config(), tmp_path / "straight", workspace, clip=clip)
+    _assert_equal_weights(straight.final_checkpoint, resumed.final_checkpoint)
+
+
+def _assert_equal_weights(path_a, path_b):
+    a = torch.load(path_a, map_location="cpu", weights_only=True)
+    b = torch.load(path_b, map_location="cpu", weights_only=True)
+    for net in ("G", "D", "G_ema"):
+        for name in a[net]:
+            assert torch.equal(a[net][name], b[net][name]), f"{net}.{name} differs"
