@@ -32,8 +32,11 @@ _INFOS = [
         for k in FID_RADII
     ],
     MetricInfo("KID", False, "Kernel Inception Distance (torch-fidelity)"),
-    MetricInfo("SOA-C", True, "Semantic Object Accuracy, mean over classes of per-class recall"),
-    MetricInfo("SOA-I", True, "Semantic Object Accuracy over all images"),
+    MetricInfo(
+        "SOA-C", True, "Semantic Object Accuracy (%), mean over classes of per-class recall"
+    ),
+    MetricInfo("SOA-I", True, "Semantic Object Accuracy (%) over all images"),
+    # Fractions in [0, 1] from here on.
     MetricInfo("caption-accuracy", True, "share of caption-named attributes found (world only)"),
     MetricInfo("main-shape-accuracy", True, "main object's shape as captioned (world only)"),
     MetricInfo("main-colour-accuracy", True, "main object's colour as captioned (world only)"),

@@ -668,7 +668,8 @@ def _soa(cfg, soa_names, G_ema, clip, eval_split, get_inspector, device, result)
         single_image_classes=single_image_classes,
         batch_size=ev.batch,
     )
-    values = {"SOA-C": soa.soa_c, "SOA-I": soa.soa_i}
+    # Percentages, as Hinz et al. and the paper's tables print them.
+    values = {"SOA-C": 100.0 * soa.soa_c, "SOA-I": 100.0 * soa.soa_i}
     for name in soa_names:
         result.metrics[name] = values[name]
     result.details["SOA-per-class"] = soa.per_class
