@@ -322,14 +322,25 @@ def generate(ctx: click.Context, run_ref: str, captions: tuple[str, ...], image:
     """Draw images from a trained generator for captions (or an image) into a grid PNG."""
     if not captions and image is None:
         raise UserError("generate: give at least one --caption TEXT or an --image PATH")
+    if image is not None and len(captions) > 1:
+        raise UserError("generate: with --image give at most one --caption (image + caption)")
     from lafite import sampling
+    from lafite.clip import load_clip
+    from lafite.train import load_generator
 
-    checkpoint = _checkpoint(ctx, run_ref, tracking_uri)
-    path = sampling.generate_grid(
-        checkpoint, _workspace(ctx), captions=list(captions), image=image, n=n, seed=seed,
-        out=Path(out),
-    )
-    click.echo(str(path))
+    workspace = _workspace(ctx)
+    g_ema, cfg = load_generator(_checkpoint(ctx, run_ref, tracking_uri))
+    encoder = load_clip(cfg.clip, workspace, cfg.data.resolution)
+    if image is None:
+        grid = sampling.make_grid(g_ema, list(captions), encoder, n, seed)
+    else:
+        grid = sampling.generate_grid(
+            g_ema, encoder, caption=captions[0] if captions else None, image=image, n=n, seed=seed
+        )
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out_path)
+    click.echo(str(out_path))
 
 
 @main.command()
@@ -339,13 +350,13 @@ def generate(ctx: click.Context, run_ref: str, captions: tuple[str, ...], image:
 @click.pass_context
 def evaluate(ctx: click.Context, run_ref: str, tracking_uri: str | None) -> None:
     """Score a trained generator with its run's evaluation settings; prints JSON."""
-    from lafite.metrics.evaluate import evaluate_run
+    from lafite.metrics.evaluate import evaluate_generator
     from lafite.train import load_generator
 
     checkpoint = _checkpoint(ctx, run_ref, tracking_uri)
     g_ema, cfg = load_generator(checkpoint)
-    result = evaluate_run(cfg, g_ema, _workspace(ctx))
-    click.echo(json.dumps(result, indent=2, default=str))
+    result = evaluate_generator(cfg, g_ema, _workspace(ctx), progress=True)
+    click.echo(json.dumps(result.to_dict(), indent=2, default=str))
 
 
 if __name__ == "__main__":

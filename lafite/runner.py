@@ -346,10 +346,15 @@ def _train_one(
 
     def on_evaluate(kimg: float, values: dict[str, Any]) -> None:
         evaluated_at.append(kimg)
+        values = dict(values)
+        full_result = values.pop(EVALUATION_KEY, None)
         logger.log_metrics(kimg, values)
-        skipped = values.get("not_computed")
-        if isinstance(skipped, dict) and skipped:
-            logger.set_tags({f"lafite.not_computed.{k}": str(v)[:500] for k, v in skipped.items()})
+        if full_result is not None:
+            logger.log_text(json.dumps(full_result, indent=2, default=str),
+                            f"evaluation/kimg_{kimg:010.3f}.json")
+            skipped = full_result.get("not_computed") or {}
+            if skipped:
+                logger.set_tags({f"lafite.not_computed.{k}": str(v)[:500] for k, v in skipped.items()})
 
     extra: dict[str, Any] = {}
     for job in needed:
@@ -398,13 +403,21 @@ def _train_one(
     return RunOutcome(run, status, logger.run_id, time.perf_counter() - started)
 
 
+EVALUATION_KEY = "_evaluation"
+
+
 def make_evaluator(cfg: RunConfig, workspace: Workspace) -> Callable[[Any, float], dict[str, Any]]:
-    """The evaluation that training calls periodically and at the end: the metrics module's."""
+    """The evaluation training calls periodically and at the end (the metrics module's).
+
+    Returns MLflow-ready metric values plus the full result (not-computed reasons, labels,
+    details) under ``EVALUATION_KEY``, which the runner stores as a JSON artifact.
+    """
 
     def evaluate(g_ema: Any, kimg: float) -> dict[str, Any]:
-        from lafite.metrics.evaluate import evaluate_run
+        from lafite.metrics.evaluate import evaluate_generator
 
-        return evaluate_run(cfg, g_ema, workspace)
+        result = evaluate_generator(cfg, g_ema, workspace)
+        return {**result.for_tracking(), EVALUATION_KEY: result.to_dict()}
 
     return evaluate
 

@@ -1,0 +1,136 @@
+"""Runner pieces that need no training: per-run locks, plans with jobs, preflight, jobs.yaml."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lafite import jobs as jobs_mod
+from lafite import runner
+from lafite import spec as spec_mod
+from lafite.errors import UserError
+from lafite.runner import RunLock
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_lock_is_exclusive_and_released(tmp_path):
+    path = tmp_path / "run-abc.lock"
+    first, second = RunLock(path), RunLock(path)
+    assert first.acquire()
+    assert not second.acquire()  # held by a live process (this one)
+    assert first.holder()["pid"] == os.getpid()
+    first.release()
+    assert not path.exists()
+    assert second.acquire()
+    second.release()
+
+
+def test_lock_of_a_dead_process_is_taken_over(tmp_path):
+    path = tmp_path / "run-abc.lock"
+    # A process that takes the lock and dies without releasing it (like SIGKILL).
+    code = (
+        "import sys; from pathlib import Path; from lafite.runner import RunLock; "
+        f"assert RunLock(Path({str(path)!r})).acquire(); sys.exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    holder = json.loads(path.read_text())
+    assert holder["pid"] != os.getpid()
+    lock = RunLock(path)
+    assert lock.is_stale(holder)
+    assert lock.acquire()
+    assert lock.holder()["pid"] == os.getpid()
+    lock.release()
+
+
+def test_lock_with_unreadable_content_is_stale_only_when_old(tmp_path):
+    path = tmp_path / "run-abc.lock"
+    path.write_text("")
+    lock = RunLock(path)
+    assert not lock.acquire()  # maybe a writer between create and write
+    old = time.time() - 60
+    os.utime(path, (old, old))
+    assert lock.acquire()
+    lock.release()
+
+
+def test_plan_shares_jobs_between_rows():
+    spec = spec_mod.load(REPO / "experiments" / "table5.yaml")
+    full = runner.make_plan(spec, "smoke")
+    assert len(full.runs) == 8 and len({r.hash for r in full.runs}) == 8
+    kinds = sorted(job.kind for job in full.jobs)
+    # One world CLIP, one inspector and one inference model for all eight rows.
+    assert kinds == ["inference-model", "inspector", "world-clip"]
+    nn_runs = [r for r in full.runs if r.config.perturb.kind == "nn"]
+    assert len(nn_runs) == 4
+    assert all(
+        any(j.kind == "inference-model" for j in full.jobs_of_run[r.hash]) for r in nn_runs
+    )
+    # The inference model inherits the condition space, not the row's losses.
+    nn_job = next(j for j in full.jobs if j.kind == "inference-model")
+    assert nn_job.config.world.domain == "web" and nn_job.config.clip.name == "world"
+    assert nn_job.resolution == 16
+
+
+def test_job_definitions_validate(tmp_path):
+    bad = tmp_path / "jobs.yaml"
+    bad.write_text("jobs:\n  x: {kind: teleporter}\n")
+    with pytest.raises(UserError, match=r"jobs.x.kind: must be one of"):
+        jobs_mod.load_definitions(bad)
+    bad.write_text("jobs:\n  x: {kind: inference-model, sett: {}}\n")
+    with pytest.raises(UserError, match=r"jobs.x: unknown key\(s\) sett"):
+        jobs_mod.load_definitions(bad)
+    spec = spec_mod.load(REPO / "experiments" / "table5.yaml")
+    cfg = spec.resolve(spec.row("LAFITE_G"), "smoke").override({"perturb.nn_job": "missing"})
+    with pytest.raises(UserError, match="unknown job 'missing'.*nn-web"):
+        jobs_mod.needed_jobs(cfg)
+
+
+def test_job_is_built_once_under_a_lock(workspace, monkeypatch):
+    """Two threads asking for one job: the builder runs once, both get its artifact."""
+    import threading
+
+    calls = []
+
+    def fake_builder(job, ws, folder, progress):
+        calls.append(job.name)
+        time.sleep(0.5)
+        out = folder / "artifact.bin"
+        out.write_text("built")
+        return out
+
+    monkeypatch.setitem(jobs_mod.BUILDERS, "inference-model", fake_builder)
+    spec = spec_mod.load(REPO / "experiments" / "table5.yaml")
+    cfg = spec.resolve(spec.row("LAFITE_NN"), "smoke")
+    job = jobs_mod.resolve("nn-web", cfg)
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(jobs_mod.ensure(job, workspace)))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == ["nn-web"]
+    assert results[0] == results[1] and results[0].read_text() == "built"
+    assert jobs_mod.artifact_path(job, workspace) == results[0]
+
+
+def test_preflight_names_the_missing_dataset(workspace, tmp_path):
+    spec = spec_mod.load(REPO / "experiments" / "table5.yaml")
+    full = runner.make_plan(spec, "paper", rows=["LAFITE_G"])
+    missing = tmp_path / "no-data-here"
+    cfg = full.runs[0].config.override({"data.data_root": str(missing)})
+    patched = runner.FullPlan(
+        spec, "paper", [spec_mod.PlannedRun("table5", full.runs[0].row, "paper", 0, cfg, "h")],
+        [], {},
+    )
+    with pytest.raises(UserError, match=r"coco2014.*not found at .*no-data-here"):
+        runner.preflight(patched, workspace)
