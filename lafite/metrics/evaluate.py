@@ -13,7 +13,9 @@ on a finished run; both get an :class:`EvaluationResult`. The protocol is the of
   ``cfg.eval.reference_split`` (official default: train), cached per dataset fingerprint,
   split, blur radius, extractor and resolution. All other per-sample metrics (caption accuracy,
   R-precision, CLIP score) are computed on the same generated images as they stream past.
-* SOA generates its own images, from the per-class caption subsets of the evaluation split.
+* SOA generates its own images, from the per-class caption subsets of the evaluation split
+  (``eval.soa_captions_per_class`` captions per class, 0 = all of them; for the world, 0 means
+  enough captions for about ``n_samples`` SOA images, since all of them would be ~30,000).
 
 A metric that cannot be computed (no detector, not the world, no inspector, too few captions)
 is recorded in ``not_computed`` with the reason; no number is ever made up. The evaluation runs
@@ -302,7 +304,7 @@ def _evaluate(
         try:
             from lafite.data.inspector import load_inspector
 
-            inspector = load_inspector(workspace, resolution)
+            inspector = load_inspector(workspace, resolution, device=str(device))
         except UserError as err:
             return None, f"the world's inspector is not available: {err}"
         return inspector, None
@@ -372,7 +374,7 @@ def _evaluate(
     # SOA, on images of its own.
     soa_names = [name for name in names if name in SOA_METRICS]
     if soa_names:
-        _soa(cfg, soa_names, G_ema, clip, eval_split, get_inspector, device, result)
+        _soa(cfg, soa_names, G_ema, clip, eval_split, get_inspector, device, n, result)
 
     # Keep the requested order; every requested name ends up in exactly one of the two dicts.
     result.metrics = {name: result.metrics[name] for name in _ordered(names, result.metrics)}
@@ -604,7 +606,7 @@ def _candidate_pool(scorer, eval_split, ev) -> tuple[Any, str | None]:
     return CandidatePool(torch.cat(features), np.asarray(sources)), None
 
 
-def _soa(cfg, soa_names, G_ema, clip, eval_split, get_inspector, device, result) -> None:
+def _soa(cfg, soa_names, G_ema, clip, eval_split, get_inspector, device, n, result) -> None:
     from lafite.metrics.soa import (
         InspectorDetector,
         caption_subsets,
@@ -638,10 +640,13 @@ def _soa(cfg, soa_names, G_ema, clip, eval_split, get_inspector, device, result)
             )
         return
 
+    per_class = ev.soa_captions_per_class
+    if per_class == 0 and cfg.data.dataset == "world":
+        # Every naming caption of the world's test split would mean ~30,000 SOA images at mini
+        # scale; instead take enough captions per class for about eval.n_samples images.
+        per_class = max(1, -(-n // (len(class_words) * max(1, ev.soa_images_per_caption))))
     all_captions = (c for i in range(len(eval_split)) for c in eval_split.captions(i))
-    subsets = caption_subsets(
-        all_captions, class_words, per_class=ev.soa_captions_per_class, seed=ev.seed
-    )
+    subsets = caption_subsets(all_captions, class_words, per_class=per_class, seed=ev.seed)
     if not any(subsets.values()):
         for name in soa_names:
             result.not_computed[name] = "no caption of the evaluation split names any class"
