@@ -202,7 +202,8 @@ class EvalConfig:
     kid_subset_size: int = 1000
     kid_subsets: int = 100
     # SOA (Hinz et al.): images per caption of each class subset (3; the person class uses 1)
-    # and a cap on captions per class (0 = every caption of the split that names the class).
+    # and a cap on captions per class (0 = every caption of the split that names the class;
+    # for the world, 0 = enough captions for about eval.n_samples SOA images).
     soa_images_per_caption: int = 3
     soa_captions_per_class: int = 0
     # Paper scale: "module:factory" returning a lafite.metrics.soa.Detector (the YOLOv3 of the
