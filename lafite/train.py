@@ -470,19 +470,29 @@ class _Trainer:
         from lafite.perturb import ConditionMaker
 
         cfg, device = self.cfg, self.device
-        self.dataset = open_dataset(cfg, "train", self.workspace)
-        self.n_images = len(self.dataset)
         if self._clip_override is not None:
             self.clip = self._clip_override
         else:
             self.clip = load_clip(cfg.clip, self.workspace, cfg.data.resolution, device=device)
-        cache = FeatureCache(self.workspace)
-        self.image_features = cache.image_features(self.dataset, self.clip, cfg.clip.real_crop)
         # ConditionMaker reads real caption features only when mixing_prob < 1.
         self.use_text = cfg.perturb.mixing_prob < 1.0
         self.text_features = self.text_offsets = None
-        if self.use_text:
-            self.text_features, self.text_offsets = cache.text_features(self.dataset, self.clip)
+
+        def prepare_data() -> None:
+            self.dataset = open_dataset(cfg, "train", self.workspace)
+            cache = FeatureCache(self.workspace)
+            self.image_features = cache.image_features(self.dataset, self.clip, cfg.clip.real_crop)
+            if self.use_text:
+                self.text_features, self.text_offsets = cache.text_features(self.dataset,
+                                                                            self.clip)
+
+        # Rank 0 materialises the data and fills the feature cache; the others then read them.
+        if self.ctx.is_main:
+            prepare_data()
+        ddp.barrier(self.ctx)
+        if not self.ctx.is_main:
+            prepare_data()
+        self.n_images = len(self.dataset)
         self.images = TrainingImages(self.dataset, self.n_images, cfg.data.mirror)
         self.sampler = GlobalBatchSampler(len(self.images), cfg.train.seed)
         self.paired = self._paired_mask(self.n_images)
