@@ -39,7 +39,9 @@ import contextlib
 import fcntl
 import json
 import math
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -72,6 +74,7 @@ ATTR_STEPS = "train_steps"
 ATTR_KIMG = "train_kimg"
 ATTR_RETRY_OF = "retry_of"
 ATTR_RETRIES = "retries"
+ATTR_WORKER = "worker"
 TAG_STATE = "lafite.trial.state"
 TAG_STUDY = "lafite.study"
 TAG_OPTUNA_STUDY = "lafite.optuna.study"
@@ -154,9 +157,7 @@ class StudyDefinition:
         return str(self.path) if self.path else f"study {self.id}"
 
     def spec(self) -> Any:
-        from lafite import spec as spec_mod
-
-        return spec_mod.find(self.spec_id)
+        return _load_spec(self.spec_id)
 
     def base_config(self, scale: str) -> RunConfig:
         """The row at ``scale`` with the study's changes: what every trial starts from."""
@@ -214,6 +215,23 @@ class StudyDefinition:
                 reduction_factor=int(self.pruner.get("reduction_factor", 3)),
             )
         return optuna.pruners.NopPruner()
+
+
+_SPECS: dict[tuple[str, int], Any] = {}
+
+
+def _load_spec(spec_id: str) -> Any:
+    """The spec ``spec_id``, parsed once per file version: parsing resolves every row at every
+    scale, which takes seconds, and every study names a spec."""
+    from lafite import spec as spec_mod
+
+    path = spec_mod.spec_files().get(spec_id)
+    if path is None:
+        return spec_mod.find(spec_id)  # raises the UserError listing the valid specs
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _SPECS:
+        _SPECS[key] = spec_mod.load(path)
+    return _SPECS[key]
 
 
 def report_step(kimg: float) -> int:
@@ -854,6 +872,7 @@ class TrialObjective:
             self.workspace.runs_dir / "tune" / definition.study_name(self.scale)
             / f"trial-{trial.number:04d}")
         trial.set_user_attr(ATTR_RUN_DIR, run_dir)
+        trial.set_user_attr(ATTR_WORKER, f"{socket.gethostname()}:{os.getpid()}")
         logger = self.tracker.start_child(
             definition.experiment, self.parent_id, row=f"trial {trial.number}",
             scale=self.scale, seed=cfg.train.seed, config_hash=cfg.hash(),
@@ -1190,6 +1209,8 @@ def write_study_artifacts(study: optuna.Study, definition: StudyDefinition, scal
                     ax.scatter(*zip(*points), marker=marker, label=state.name.lower())
             if param.log:
                 ax.set_xscale("log")
+            if not param.choices:
+                ax.set_xlim(param.low, param.high)
             ax.set_xlabel(param.key)
             ax.set_ylabel(objective.metric)
             ax.legend(fontsize=7)
