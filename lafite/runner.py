@@ -77,21 +77,21 @@ def describe_plan(full: FullPlan, console: Console, show_configs: bool = True) -
         f"[bold]{full.spec.id}[/bold] ({full.spec.title}) at scale [bold]{full.scale}[/bold]: "
         f"{len(full.runs)} run(s), {len(full.jobs)} job(s)"
     )
+    # Plain lines rather than a rich table: a plan is read in logs and grepped for hashes.
     if full.jobs:
-        table = Table("job", "kind", "resolution", "hash", title="jobs (built once, shared)")
+        console.print("jobs (built once, shared by every row that needs them):")
         for job in full.jobs:
-            table.add_row(job.name, job.kind, str(job.resolution), job.hash)
-        console.print(table)
-    table = Table("row", "seed", "hash", "kimg", "changes from base", title="runs")
+            console.print(f"  {job.hash}  {job.name} ({job.kind}, {job.resolution}px)", markup=False)
+    console.print("runs (hash, row, seed, kimg, changes from the base configuration):")
     base = full.spec.base_config(full.scale).flat()
     for run in full.runs:
         flat = run.config.flat()
         changed = {k: v for k, v in flat.items() if base.get(k) != v and k != "train.seed"}
-        table.add_row(
-            run.row.name, str(run.seed), run.hash, f"{run.config.train.kimg:g}",
-            ", ".join(f"{k}={v}" for k, v in changed.items()) or "-",
+        changes = ", ".join(f"{k}={v}" for k, v in changed.items()) or "-"
+        console.print(
+            f"  {run.hash}  {run.row.name}  seed {run.seed}  {run.config.train.kimg:g} kimg  {changes}",
+            markup=False,
         )
-    console.print(table)
     if show_configs and full.runs:
         console.print(f"[bold]resolved configuration[/bold] of {full.runs[0].label}:")
         console.print(yaml.safe_dump(full.runs[0].config.to_dict(), sort_keys=False), markup=False)
@@ -101,22 +101,28 @@ def describe_plan(full: FullPlan, console: Console, show_configs: bool = True) -
 
 
 def preflight(full: FullPlan, workspace: Workspace) -> None:
-    """Check what would otherwise fail half-way: real datasets must exist before anything is
-    recorded (the data layer raises a UserError naming the path and how to get the data)."""
-    seen: set[tuple] = set()
-    for run in full.runs:
-        cfg = run.config
-        if cfg.data.dataset == "world":
-            continue
+    """Check what would otherwise fail half-way, before anything is recorded or trained: real
+    datasets must exist (the data layer's UserError names the path and how to get the data),
+    and so must the weights of a real CLIP (open_clip fails fast offline with a UserError)."""
+    configs = [run.config for run in full.runs]
+    configs += [job.config for job in full.jobs if job.config is not None]
+    seen_data: set[tuple] = set()
+    seen_clip: set[tuple] = set()
+    for cfg in configs:
         key = (cfg.data.dataset, cfg.data.data_root, cfg.data.train_path, cfg.data.test_path,
-               cfg.data.resolution)
-        if key in seen:
-            continue
-        seen.add(key)
-        from lafite.data.datasets import open_dataset
+               cfg.data.resolution, cfg.world.domain)
+        if cfg.data.dataset != "world" and key not in seen_data:
+            seen_data.add(key)
+            from lafite.data.datasets import open_dataset
 
-        for split in ("train", "test"):
-            open_dataset(cfg, split, workspace)
+            for split in ("train", "test"):
+                open_dataset(cfg, split, workspace)
+        clip_key = (cfg.clip.name, cfg.clip.pretrained)
+        if cfg.clip.name != "world" and clip_key not in seen_clip:
+            seen_clip.add(clip_key)
+            from lafite.clip import load_clip
+
+            load_clip(cfg.clip, workspace, cfg.data.resolution)
 
 
 # -- locks -------------------------------------------------------------------------------------

@@ -1,0 +1,296 @@
+"""The command line: errors, dry runs, and (slow) whole smoke tables recorded in MLflow.
+
+The slow tests run real training at smoke scale through ``lafite-repro`` subprocesses. Every
+smoke run needs the world's CLIP and inspector (minutes to train once); they are kept in a
+shared cache (``$LAFITE_TEST_MODELS``, default ``~/.cache/lafite-repro/test-models``) that each
+test workspace links as its ``models`` folder, so only the first slow run pays for them. The
+MLflow store, runs and locks are fresh in every test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lafite.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+TABLE5_ROWS = 8
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+# -- fast: no training -------------------------------------------------------------------------
+
+
+def test_dry_run_prints_the_plan_and_records_nothing(workspace):
+    result = invoke("run", "table5", "--scale", "smoke", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("LAFITE_") >= TABLE5_ROWS
+    assert "nn-web" in result.output and "resolved configuration" in result.output
+    assert "loss.con_g=False" in result.output
+    assert not (workspace.root / "mlflow.db").exists()
+    assert not (workspace.root / "runs").exists()
+
+
+def test_show_and_list(workspace):
+    shown = invoke("show", "table5", "--scale", "mini")
+    assert shown.exit_code == 0, shown.output
+    assert "26.48" in shown.output and "18.40" in shown.output  # as printed
+    assert "perturb.kind=nn" in shown.output and "data:" in shown.output
+    listed = invoke("list")
+    assert listed.exit_code == 0 and "table5" in listed.output and "0/8" in listed.output
+
+
+def _bad_yaml(tmp_path: Path) -> tuple[list[str], str]:
+    path = tmp_path / "tablebad.yaml"
+    path.write_text("id: tablebad\ntitle: x\nrows: [\n  - name: a\n")
+    return ["run", str(path), "--scale", "smoke"], r"tablebad.yaml:\d+:\d+: YAML syntax error"
+
+
+def _unknown_key(tmp_path: Path) -> tuple[list[str], str]:
+    text = (REPO / "experiments" / "table5.yaml").read_text().replace("id: table5", "id: tablekey")
+    text = text.replace("set: {loss.con_g: false, loss.con_d: false}",
+                        "set: {loss.con_g: false, loss.cond: false}", 1)
+    path = tmp_path / "tablekey.yaml"
+    path.write_text(text)
+    return ["run", str(path)], r"rows\[0\] 'LAFITE_G': set: unknown key 'loss.cond'"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        lambda tmp: (["run", "table99"], r"unknown table or figure 'table99'. Valid choices: .*table5"),
+        lambda tmp: (["run", "table5", "--scale", "huge"], r"'huge' is not one of 'smoke', 'mini', 'paper'"),
+        lambda tmp: (["run", "table5", "--rows", "LAFITE_X"], r"unknown row\(s\) 'LAFITE_X'. Valid rows"),
+        lambda tmp: (["run", "table5", "--seeds", "0"], r"Invalid value for '--seeds'"),
+        _bad_yaml,
+        _unknown_key,
+        lambda tmp: (
+            ["run", "table5", "--scale", "paper", "--rows", "LAFITE_G"],
+            r"dataset 'coco2014' needs data.data_root",
+        ),
+    ],
+    ids=["unknown-table", "bad-scale", "unknown-row", "bad-seeds", "yaml-syntax", "unknown-key",
+         "missing-dataset"],
+)
+def test_bad_input_exits_2_with_one_message_and_records_nothing(workspace, tmp_path, case):
+    import re
+
+    args, pattern = case(tmp_path)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert re.search(pattern, result.output), result.output
+    assert "Traceback" not in result.output
+    assert not (workspace.root / "mlflow.db").exists()  # nothing recorded half-way
+    assert not (workspace.root / "runs").exists()
+
+
+def test_console_script_error_is_one_line_without_traceback(workspace):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lafite.cli", "run", "table99"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown table or figure 'table99'")
+
+
+# -- slow: real smoke-scale training through subprocesses --------------------------------------
+
+
+@pytest.fixture
+def smoke_home(tmp_path) -> Path:
+    shared = Path(os.environ.get("LAFITE_TEST_MODELS", Path.home() / ".cache/lafite-repro/test-models"))
+    shared.mkdir(parents=True, exist_ok=True)
+    home = tmp_path / "ws"
+    home.mkdir()
+    (home / "models").symlink_to(shared, target_is_directory=True)
+    return home
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {**os.environ, "LAFITE_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _cli(home: Path, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lafite.cli", *args], env=_env(home), capture_output=True,
+        text=True, timeout=timeout,
+    )
+
+
+def _store(home: Path):
+    from lafite.tracking import Tracker
+    from lafite.workspace import Workspace
+
+    return Tracker(Workspace.resolve(home))
+
+
+@pytest.mark.slow
+def test_smoke_table_is_recorded_and_a_second_run_trains_nothing(smoke_home):
+    first = _cli(smoke_home, "run", "table5", "--scale", "smoke", "--quiet")
+    assert first.returncode == 0, first.stderr
+    assert f"{TABLE5_ROWS} trained" in first.stdout
+
+    from mlflow.tracking import MlflowClient
+
+    tracker = _store(smoke_home)
+    client = MlflowClient(tracker.uri)
+    exp = client.get_experiment_by_name("table5")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("lafite.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("lafite.role") == "child"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == TABLE5_ROWS
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert run.data.params["loss.con_g"] in ("True", "False")
+        assert {"IS", "FID-0"} <= set(run.data.metrics)
+        assert any(k.startswith("G/") for k in run.data.metrics)
+        checkpoint = Path(run.data.tags["lafite.final_checkpoint"])
+        assert checkpoint.is_file()
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "final_checkpoint.txt", "samples", "evaluation"} <= artifacts
+    assert sorted(r.data.tags["lafite.row"] for r in children) == sorted(
+        set(r.data.tags["lafite.row"] for r in children)
+    )
+
+    started = time.perf_counter()
+    again = _cli(smoke_home, "run", "table5", "--scale", "smoke", "--quiet")
+    seconds = time.perf_counter() - started
+    assert again.returncode == 0, again.stderr
+    assert f"{TABLE5_ROWS} skipped" in again.stdout and "trained" not in again.stdout
+    assert len(client.search_runs([exp.experiment_id])) == TABLE5_ROWS + 1
+    assert seconds < 60, f"a finished table took {seconds:.1f} s to skip"
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_repeating_finished_rows(smoke_home):
+    rows = ["LAFITE_G", "LAFITE_G +L_ConG", "LAFITE_G +L_ConD"]
+    args = ["run", "table5", "--scale", "smoke", "--quiet"]
+    for row in rows:
+        args += ["--rows", row]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lafite.cli", *args], env=_env(smoke_home),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    tracker = None
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(1)
+        if (smoke_home / "mlflow.db").exists():
+            tracker = tracker or _store(smoke_home)
+            done = [r for r in tracker.children("table5", "smoke") if r.status == "FINISHED"]
+            if done:
+                break
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracker.uri)
+    before = {r.run_id: client.get_run(r.run_id).info.end_time
+              for r in tracker.children("table5", "smoke") if r.status == "FINISHED"}
+    assert before
+
+    resumed = _cli(smoke_home, *args)
+    assert resumed.returncode == 0, resumed.stderr
+    after = tracker.children("table5", "smoke")
+    assert len(after) == len(rows) and all(r.status == "FINISHED" for r in after)
+    for run_id, end_time in before.items():
+        assert client.get_run(run_id).info.end_time == end_time  # not trained again
+    assert f"{len(before)} skipped" in resumed.stdout
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_train_each_row_once(smoke_home):
+    command = [sys.executable, "-m", "lafite.cli", "run", "table5", "--scale", "smoke", "--quiet"]
+    procs = [
+        subprocess.Popen(command, env=_env(smoke_home), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=3600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outputs]
+    trained = 0
+    for out, _ in outputs:
+        for word in ("trained", "resumed"):
+            for part in out.split(","):
+                if part.strip().endswith(word):
+                    trained += int(part.split(":")[-1].split()[0])
+    assert trained == TABLE5_ROWS
+    children = _store(smoke_home).children("table5", "smoke")
+    assert len(children) == TABLE5_ROWS and all(r.status == "FINISHED" for r in children)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rest(url: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_runs_recorded_on_a_real_mlflow_server_are_found_through_its_rest_api(smoke_home, tmp_path):
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
+                    if r.read().strip() == b"OK":
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "mlflow server did not come up"
+            time.sleep(1)
+        result = _cli(smoke_home, "run", "table5", "--scale", "smoke", "--quiet",
+                      "--rows", "LAFITE_G", "--tracking-uri", base)
+        assert result.returncode == 0, result.stderr
+        assert not (smoke_home / "mlflow.db").exists()  # nothing went to the local store
+        exp = _rest(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=table5")
+        exp_id = exp["experiment"]["experiment_id"]
+        found = _rest(f"{base}/api/2.0/mlflow/runs/search",
+                      {"experiment_ids": [exp_id], "filter": "tags.`lafite.role` = 'child'"})
+        runs = found["runs"]
+        assert len(runs) == 1
+        tags = {t["key"]: t["value"] for t in runs[0]["data"]["tags"]}
+        assert tags["lafite.row"] == "LAFITE_G" and runs[0]["info"]["status"] == "FINISHED"
+        metrics = {m["key"] for m in runs[0]["data"]["metrics"]}
+        assert "FID-0" in metrics
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
