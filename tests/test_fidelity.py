@@ -275,3 +275,35 @@ def test_inception_weights_file_is_found_in_the_hub_folder(tmp_path, monkeypatch
     choice = inception_extractor("")
     assert choice.weights_path == str(target)
     assert choice.tf_name == "inception-v3-compat" and choice.id.startswith("inception-")
+
+
+@pytest.mark.slow
+def test_inception_path_runs_offline_with_a_local_weights_file(tmp_path, monkeypatch):
+    """The paper-scale extractor end to end, with random weights in the right format."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+
+    monkeypatch.setattr(tf_inception, "load_state_dict_from_url", lambda *a, **k: {})
+    monkeypatch.setattr(
+        tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda *a: None
+    )
+    skeleton = tf_inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    monkeypatch.undo()
+    weights = tmp_path / "inception.pth"
+    torch.save(skeleton.state_dict(), weights)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-hub"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    extractor = inception_extractor(str(weights))
+    images = world_images("scenes", "test", 12)
+    result = fidelity(
+        Tensors(world_images("objects", "test", 12)),
+        images,
+        FidelityRequest(inception_score=True, fid_radii=(0, 1)),
+        extractor,
+        tmp_path,
+        isc_splits=2,
+    )
+    assert result.inception_score >= 1.0 and result.fid[0] >= 0 and 1 in result.fid

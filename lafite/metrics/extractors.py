@@ -178,7 +178,20 @@ def inception_hub_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
 
 
+_FILE_IDS: dict[tuple[str, int, int], str] = {}
+
+
 def _file_id(path: Path) -> str:
+    """12 hex digits of the file's sha256, remembered per (path, size, mtime): periodic
+    evaluation should not re-hash 100 MB of Inception weights every time."""
+    stat = path.stat()
+    key = (os.fspath(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_IDS:
+        _FILE_IDS[key] = _hash_file(path)
+    return _FILE_IDS[key]
+
+
+def _hash_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
