@@ -1145,6 +1145,10 @@ def write_study_artifacts(study: optuna.Study, definition: StudyDefinition, scal
 
     importances: dict[str, Any] = {}
     for i, metric in enumerate(metrics):
+        if len(keys) == 1:
+            # One searched parameter explains everything there is to explain.
+            importances[metric] = {keys[0]: 1.0}
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -1277,6 +1281,12 @@ def _print_plan(definition: StudyDefinition, scale: str, base: RunConfig, summar
 # -- worker entry point ------------------------------------------------------------------------
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM from the parent (it was interrupted): leave like Ctrl-C, so the trial's MLflow
+    run is closed as KILLED and Optuna records the trial as failed (to be retried)."""
+    raise KeyboardInterrupt
+
+
 def _worker_main(argv: list[str]) -> int:
     """``python -m lafite.tuning worker '<json WorkerArgs>'``: one extra worker process."""
     if len(argv) != 2 or argv[0] != "worker":
@@ -1284,8 +1294,7 @@ def _worker_main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     args = WorkerArgs(**json.loads(argv[1]))
-    # SIGTERM from the parent (it was interrupted): leave like Ctrl-C, closing the MLflow run.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         work(args)
     except UserError as exc:

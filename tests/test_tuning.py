@@ -168,6 +168,52 @@ def test_dry_run_touches_no_storage(tmp_path, workspace, capsys):
     assert not workspace.mlflow_db.exists()
 
 
+def _float(low, high):
+    return optuna.distributions.FloatDistribution(low, high, log=True)
+
+
+def test_summary_artifacts_and_one_requeue_per_failed_trial(tmp_path):
+    definition = tuning.find_study(str(write_study(tmp_path)))
+    study = optuna.create_study(study_name="xi-smoke", storage=f"sqlite:///{tmp_path}/o.db")
+    dist = {"perturb.xi": _float(0.1, 10)}
+    for xi, fid in ((0.5, 30.0), (2.0, 20.0), (4.0, 25.0)):
+        study.add_trial(optuna.trial.create_trial(params={"perturb.xi": xi}, value=fid,
+                                                  distributions=dist,
+                                                  user_attrs={"train_steps": 4}))
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.PRUNED, params={"perturb.xi": 9.0}, distributions=dist,
+        intermediate_values={8: 40.0}, user_attrs={"train_steps": 2}))
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.FAIL, params={"perturb.xi": 0.2}, distributions=dist,
+        user_attrs={"run_dir": "/runs/trial-0004", "mlflow_run_id": "dead"}))
+
+    assert tuning._requeue_failed(study) == [4]
+    assert tuning._requeue_failed(study) == []  # queued once, not on every call
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert waiting[0].user_attrs["run_dir"] == "/runs/trial-0004"  # resumes the same folder
+    assert "mlflow_run_id" not in waiting[0].user_attrs
+
+    written = tuning.write_study_artifacts(study, definition, "smoke", tmp_path / "out")
+    assert {p.name for p in written} == {"trials.csv", "best.yaml", "importances.json",
+                                         "history.png", "slice.png", "curves.png"}
+    best = yaml.safe_load((tmp_path / "out" / "best.yaml").read_text())
+    assert [b["number"] for b in best["best"]] == [1, 2, 0]
+    assert best["row"]["set"]["perturb.xi"] == 2.0
+    assert best["row"]["set"]["perturb.kind"] == "gaussian"
+
+
+def test_two_objectives_give_a_pareto_front():
+    definition = tuning.find_study("all")
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    dist = {p.key: _float(p.low, p.high) for p in definition.search}
+    params = {p.key: 1.0 for p in definition.search}
+    for fid, inception in ((20.0, 5.0), (25.0, 9.0), (30.0, 4.0)):
+        study.add_trial(optuna.trial.create_trial(params=params, values=[fid, inception],
+                                                  distributions=dist))
+    front = tuning.best_trials(study, definition)
+    assert [t.values for t in front] == [[20.0, 5.0], [25.0, 9.0]]
+
+
 # -- real studies ------------------------------------------------------------------------------
 
 
