@@ -102,15 +102,27 @@ def list_cmd(ctx: click.Context, tracking_uri: str | None) -> None:
 
 
 @main.command()
-@click.argument("table")
+@click.argument("table", required=False)
 @click.option("--scale", type=SCALE_CHOICE, default=None,
               help="Also show each row's resolved configuration at this scale.")
-def show(table: str, scale: str | None) -> None:
+@click.option("--study", metavar="STUDY", default=None,
+              help="Show a tuning study instead: its state and best trials.")
+@click.option("--storage", metavar="URL", default=None, help="Optuna storage of --study.")
+@click.pass_context
+def show(ctx: click.Context, table: str | None, scale: str | None, study: str | None,
+         storage: str | None) -> None:
     """Rows of TABLE, the paper's numbers, and (with --scale) the resolved configurations."""
     import yaml
 
     from lafite import spec as spec_mod
 
+    if study is not None:
+        from lafite.tuning import describe_study
+
+        click.echo(describe_study(study, _workspace(ctx), scale or "mini", storage))
+        return
+    if table is None:
+        raise UserError("show: name a table or figure (see `lafite-repro list`) or give --study")
     spec = spec_mod.find(table)
     out = _out()
     ref = ", ".join(f"{k} {v}" for k, v in spec.paper.items())
@@ -151,13 +163,16 @@ def show(table: str, scale: str | None) -> None:
               help="Run only this row (repeat for several). Default: every row.")
 @click.option("--seeds", type=click.IntRange(min=1), default=None, metavar="N",
               help="Seeds 0..N-1 per row (default: the scale's count in the spec).")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Override a configuration key in every run, e.g. --set data.data_root=/data "
+                   "(repeatable; part of each run's hash).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and configurations; run nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display (CI); one summary line.")
 @click.option("--tracking-uri", metavar="URI", default=None,
               help="MLflow store (default: $MLFLOW_TRACKING_URI or the workspace's sqlite file).")
 @click.pass_context
 def run(ctx: click.Context, table: str, scale: str, rows: tuple[str, ...], seeds: int | None,
-        dry_run: bool, quiet: bool, tracking_uri: str | None) -> None:
+        assignments: tuple[str, ...], dry_run: bool, quiet: bool, tracking_uri: str | None) -> None:
     """Run every row of TABLE at a scale; finished runs are skipped, interrupted ones resumed.
 
     To resume after an interruption, run the same command again.
@@ -166,13 +181,14 @@ def run(ctx: click.Context, table: str, scale: str, rows: tuple[str, ...], seeds
     from lafite import spec as spec_mod
 
     spec = spec_mod.find(table)
-    full = runner.make_plan(spec, scale, seeds, list(rows) or None)
+    extra = spec_mod.parse_assignments(assignments)
+    full = runner.make_plan(spec, scale, seeds, list(rows) or None, extra)
     out = _out()
     if dry_run:
         runner.describe_plan(full, out)
         return
     summary = runner.run_spec(
-        spec, scale, _workspace(ctx), seeds=seeds, rows=list(rows) or None,
+        spec, scale, _workspace(ctx), seeds=seeds, rows=list(rows) or None, extra=extra,
         tracking_uri=tracking_uri, quiet=quiet,
     )
     counts = {s: summary.count(s) for s in ("trained", "resumed", "skipped", "failed")}
@@ -189,6 +205,54 @@ def run(ctx: click.Context, table: str, scale: str, rows: tuple[str, ...], seeds
         click.echo(f"error: {len(summary.failed)} run(s) failed: {names}. "
                    "Fix the cause and run the same command again to resume them.", err=True)
         ctx.exit(1)
+
+
+# -- tune, report ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--study", required=True, metavar="STUDY",
+              help="A study file's id (experiments/studies/*.yaml).")
+@click.option("--scale", type=SCALE_CHOICE, default="mini", show_default=True)
+@click.option("--trials", type=click.IntRange(min=1), default=None,
+              help="Trials to reach (default: the study file's).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes sharing the study on this machine.")
+@click.option("--storage", metavar="URL", default=None,
+              help="Optuna storage (default: the workspace's optuna.db).")
+@click.option("--dry-run", is_flag=True, help="Print the search space and plan; run nothing.")
+@click.option("--quiet", "-q", is_flag=True)
+@click.option("--tracking-uri", metavar="URI", default=None)
+@click.pass_context
+def tune(ctx: click.Context, study: str, scale: str, trials: int | None, workers: int,
+         storage: str | None, dry_run: bool, quiet: bool, tracking_uri: str | None) -> None:
+    """Tune hyper-parameters of a row with Optuna; running it again continues the study."""
+    from lafite.tuning import run_study
+
+    summary = run_study(study, _workspace(ctx), scale=scale, trials=trials, workers=workers,
+                        storage=storage, dry_run=dry_run, quiet=quiet, tracking_uri=tracking_uri)
+    if not dry_run:
+        click.echo(summary.line())
+
+
+@main.command()
+@click.argument("tables", nargs=-1)
+@click.option("--scale", type=SCALE_CHOICE, default=None,
+              help="Only this scale (default: every scale with finished runs).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="reports",
+              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["html", "markdown"]), default="html",
+              show_default=True)
+@click.option("--tracking-uri", metavar="URI", default=None)
+@click.pass_context
+def report(ctx: click.Context, tables: tuple[str, ...], scale: str | None, out_dir: str,
+           fmt: str, tracking_uri: str | None) -> None:
+    """Paper-versus-reproduced tables and figures from the finished runs (HTML or Markdown)."""
+    from lafite.report import build_report
+
+    written = build_report(_workspace(ctx), scale=scale, out_dir=Path(out_dir), fmt=fmt,
+                           tracking_uri=tracking_uri, specs=list(tables) or None)
+    click.echo(str(written[0]))
 
 
 # -- ui ----------------------------------------------------------------------------------------

@@ -57,10 +57,11 @@ def make_plan(
     scale: str,
     seeds: int | None = None,
     rows: list[str] | tuple[str, ...] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> FullPlan:
     """Plan the runs and resolve their jobs; builds nothing, records nothing."""
     definitions = jobs_mod.load_definitions()
-    runs = plan(spec, scale, seeds, rows)
+    runs = plan(spec, scale, seeds, rows, extra)
     unique: dict[str, jobs_mod.Job] = {}
     jobs_of_run: dict[str, list[jobs_mod.Job]] = {}
     for planned in runs:
@@ -226,6 +227,7 @@ def run_spec(
     *,
     seeds: int | None = None,
     rows: list[str] | tuple[str, ...] | None = None,
+    extra: dict[str, Any] | None = None,
     tracking_uri: str | None = None,
     quiet: bool = False,
     console: Console | None = None,
@@ -235,7 +237,7 @@ def run_spec(
     from lafite.tracking import FAILED, FINISHED, KILLED, Tracker
 
     console = console or Console(stderr=True, quiet=quiet)
-    full = make_plan(spec, scale, seeds, rows)
+    full = make_plan(spec, scale, seeds, rows, extra)
     preflight(full, workspace)
     tracker = Tracker(workspace, tracking_uri)
     tracker.check()

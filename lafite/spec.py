@@ -126,8 +126,14 @@ class Spec:
         except ConfigError as exc:
             raise SpecError(str(exc)) from None
 
-    def resolve(self, row: RowSpec, scale: str, seed: int = 0) -> RunConfig:
-        """The complete configuration of one run of ``row`` at ``scale`` with ``seed``."""
+    def resolve(
+        self, row: RowSpec, scale: str, seed: int = 0, extra: dict[str, Any] | None = None
+    ) -> RunConfig:
+        """The complete configuration of one run of ``row`` at ``scale`` with ``seed``.
+
+        ``extra`` (dotted keys, from ``run --set``) is applied last, before the seed: the
+        user's word on this machine (a data root, a weights file) beats the spec's.
+        """
         if row.reference:
             raise UserError(f"{row.where}: is a reference row (paper numbers only); it has no run")
         cfg = self.base_config(scale)
@@ -140,6 +146,7 @@ class Spec:
             cfg = cfg.override(
                 row.scale_overrides.get(scale, {}), where=f"{where}: scales.{scale}"
             )
+            cfg = cfg.override(extra or {}, where="--set")
             return cfg.override({"train.seed": seed}, where=where)
         except ConfigError as exc:
             raise SpecError(str(exc)) from None
@@ -470,11 +477,13 @@ def plan(
     scale: str,
     seeds: int | None = None,
     rows: list[str] | tuple[str, ...] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> list[PlannedRun]:
     """Every run of ``spec`` at ``scale``: one per trainable row and seed, in row order.
 
     ``seeds`` defaults to the scale's count; seeds are 0 .. seeds-1. ``rows`` selects rows by
-    name. The hashes of the jobs a run names (perturb.nn_job, train.init_job) enter the run's
+    name. ``extra`` holds dotted overrides applied to every run (``run --set``). The hashes
+    of the jobs a run names (perturb.nn_job, train.init_job) enter the run's
     hash, so that redefining an inference model under the same name makes new runs instead of
     silently reusing results made with the old one.
     """
@@ -496,7 +505,7 @@ def plan(
     definitions = None
     for row in selected:
         for seed in range(n_seeds):
-            cfg = spec.resolve(row, scale, seed)
+            cfg = spec.resolve(row, scale, seed, extra)
             named = [j for j in (cfg.perturb.nn_job, cfg.train.init_job) if j]
             job_hashes: dict[str, str] = {}
             if named:
@@ -506,6 +515,21 @@ def plan(
                 job_hashes = {j: jobs.resolve(j, cfg, definitions).hash for j in named}
             planned.append(PlannedRun(spec.id, row, scale, seed, cfg, run_hash(cfg, job_hashes)))
     return planned
+
+
+def parse_assignments(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["data.data_root=/data", "train.kimg=100"]`` -> dotted overrides with YAML-typed values."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set data.data_root=/data")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        out[key.strip()] = value
+    return out
 
 
 def run_hash(cfg: RunConfig, job_hashes: dict[str, str]) -> str:
@@ -529,6 +553,7 @@ __all__ = [
     "known_metrics",
     "load",
     "parse",
+    "parse_assignments",
     "plan",
     "run_hash",
     "spec_files",
