@@ -661,14 +661,15 @@ def run_study(
         _print_plan(definition, scale, base, summary, workspace, storage, workers, console)
         return summary
 
-    store, url = open_storage(storage, workspace, heartbeat_interval=heartbeat_interval,
-                              grace_period=grace_period)
-    study = _create_or_load(definition, scale, store)
     from lafite import jobs as jobs_mod
     from lafite.tracking import FAILED, FINISHED, KILLED, Tracker
 
+    store, url = open_storage(storage, workspace, heartbeat_interval=heartbeat_interval,
+                              grace_period=grace_period)
+    # Both stores must be usable before the study is created or changed in any way.
     tracker = Tracker(workspace, tracking_uri)
     tracker.check()
+    study = _create_or_load(definition, scale, store)
     for job in jobs_mod.needed_jobs(base):
         if jobs_mod.artifact_path(job, workspace) is None:
             console.print(f"building job {job.label} [{job.hash}] ...")
