@@ -164,11 +164,16 @@ def small_config(**overrides) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def parts():
+    from lafite.config import ModelConfig
     from lafite.data.inspector import Inspector
+    from lafite.model.generator import Generator
 
     torch.manual_seed(0)
+    tiny = ModelConfig(
+        z_dim=8, w_dim=8, mapping_layers=1, channel_base=256, channel_max=16, cond_dim=8
+    )
     return {
-        "G": TinyGenerator(),
+        "G": Generator(tiny, 16, cond_dim=HashClip.dim).eval(),
         "clip": HashClip(),
         "inspector": Inspector(16).eval(),
         "datasets": {"train": WorldSplit("train", 40), "test": WorldSplit("test", 30)},
@@ -183,7 +188,7 @@ def run(cfg, parts, workspace, **kw):
         clip=parts["clip"],
         inspector=parts["inspector"],
         datasets=parts["datasets"],
-        n_samples=40,
+        n_samples=24,
         **kw,
     )
 
