@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
 from lafite.config import RunConfig
 from lafite.errors import UserError
@@ -89,23 +88,6 @@ class HashClip:
     def encode_images(self, x):
         x = F.interpolate(x.float() / 255, size=(16, 16), mode="area")
         return F.normalize(x.flatten(1) @ self.projection, dim=1)
-
-
-class TinyGenerator(nn.Module):
-    """Follows the Generator contract: forward(z, cond, *, truncation_psi, noise_mode)."""
-
-    z_dim = 8
-
-    def __init__(self, cond_dim: int = 32, resolution: int = 16) -> None:
-        super().__init__()
-        self.resolution = resolution
-        self.net = nn.Linear(self.z_dim + cond_dim, 3 * resolution * resolution)
-
-    def forward(self, z, cond, *, truncation_psi=1.0, noise_mode="random", mixing_prob=0.0):
-        out = torch.tanh(self.net(torch.cat([z, cond], 1)))
-        if noise_mode == "random":
-            out = out + 0.01 * torch.randn_like(out)
-        return out.view(-1, 3, self.resolution, self.resolution)
 
 
 class WorldSplit(torch.utils.data.Dataset):
