@@ -1,0 +1,153 @@
+"""What the report reads: finished runs of a spec from the tracking store, as pandas.
+
+Everything goes through :class:`lafite.tracking.Tracker` (the one module that imports mlflow).
+Three reads that the tracker does not offer as functions yet are made here through its public
+``client`` attribute, each in one place so that they can move into ``tracking.py``:
+
+- tags of every child run (provenance, hardware, not-computed reasons): one paged search per
+  spec, skipped when ``runs_frame`` already returns ``tags.*`` columns;
+- metric histories against kimg for the training curves (``get_metric_history``; steps are
+  images seen, so kimg = step / 1000, as :class:`lafite.tracking.RunLogger` logs them);
+- the MLflow UI address of a run, when the store is an http(s) tracking server.
+
+Sample grids are read from the run folder on disk (``lafite.run_dir`` tag, else
+``<workspace>/runs/<config hash>``), else from the local MLflow artifact folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from lafite.spec import Spec
+from lafite.tracking import FINISHED, TAG_ROLE, Tracker
+from lafite.workspace import Workspace
+
+# Training-loss keys drawn as curves beside the evaluation metrics (train.py logs
+# "<phase>/<term>"; these are the terms Eq. 9 adds up).
+CURVE_LOSSES = ("G/total", "D/total", "G/con_g", "D/con_d")
+# Histories are fetched for at most this many seeds per row: curves show the mean of these.
+CURVE_SEEDS = 3
+
+
+@dataclass
+class SampleGrid:
+    """The newest sample grid of a run, with the captions it was conditioned on."""
+
+    path: Path
+    kimg: float | None
+    captions: list[str]
+
+
+@dataclass
+class SpecRuns:
+    """All the report needs about one spec's runs (every scale, or the scale asked for)."""
+
+    spec: Spec
+    frame: pd.DataFrame  # finished child runs, with tags.* columns
+    unfinished: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # scale -> row -> status -> n
+    experiment_id: str | None = None
+
+    def scales_with_runs(self) -> list[str]:
+        if not len(self.frame):
+            return []
+        present = set(self.frame["scale"].astype(str))
+        order = ["paper", "mini", "smoke"]
+        return [s for s in order if s in present] + sorted(present - set(order))
+
+
+def load_spec_runs(tracker: Tracker, spec: Spec, scale: str | None = None) -> SpecRuns:
+    """Finished runs of ``spec`` (at ``scale``, or every scale) with their tags."""
+    frame = tracker.runs_frame(spec.id, scale, FINISHED)
+    experiment_id = tracker.experiment_id(spec.id, create=False)
+    if experiment_id is None:
+        return SpecRuns(spec, frame, {}, None)
+    everything = _child_runs(tracker, experiment_id, scale)
+    if len(frame) and not any(c.startswith("tags.") for c in frame.columns):
+        tags = pd.DataFrame.from_records(
+            [{"run_id": r.info.run_id, **{f"tags.{k}": v for k, v in r.data.tags.items()},
+              "start_time": r.info.start_time, "end_time": r.info.end_time}
+             for r in everything]
+        )
+        if len(tags):
+            frame = frame.merge(tags, on="run_id", how="left")
+    unfinished: dict[str, dict[str, dict[str, int]]] = {}
+    finished_keys = set(zip(frame.get("scale", []), frame.get("row", []))) if len(frame) else set()
+    for run in everything:
+        if run.info.status == FINISHED:
+            continue
+        tags = run.data.tags
+        run_scale, row = tags.get("lafite.scale", ""), tags.get("lafite.row", "")
+        if (run_scale, row) in finished_keys and run.info.status == "RUNNING":
+            continue
+        per_row = unfinished.setdefault(run_scale, {}).setdefault(row, {})
+        per_row[run.info.status.lower()] = per_row.get(run.info.status.lower(), 0) + 1
+    return SpecRuns(spec, frame, unfinished, experiment_id)
+
+
+def _child_runs(tracker: Tracker, experiment_id: str, scale: str | None) -> list[Any]:
+    query = f"tags.`{TAG_ROLE}` = 'child'"
+    if scale:
+        query += f" and tags.`lafite.scale` = '{scale}'"
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = tracker.client.search_runs([experiment_id], filter_string=query,
+                                          max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def metric_histories(tracker: Tracker, run_ids: Iterable[str], keys: Iterable[str]) -> pd.DataFrame:
+    """Long frame ``run_id, key, kimg, value`` of the given metrics of the given runs."""
+    records = []
+    keys = list(keys)
+    for run_id in run_ids:
+        for key in keys:
+            for m in tracker.client.get_metric_history(run_id, key):
+                records.append((run_id, key, m.step / 1000.0, m.value))
+    return pd.DataFrame.from_records(records, columns=["run_id", "key", "kimg", "value"])
+
+
+def run_url(tracker: Tracker, experiment_id: str | None, run_id: str) -> str | None:
+    """The run's page in the MLflow UI, when the store is a tracking server."""
+    if experiment_id is None or not tracker.uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracker.uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def sample_grid(workspace: Workspace, run: pd.Series, spec_id: str) -> SampleGrid | None:
+    """The newest ``fakes_<kimg>kimg.png`` of a run and its captions, if any is on this machine."""
+    folders = []
+    run_dir = run.get("tags.lafite.run_dir")
+    if isinstance(run_dir, str) and run_dir:
+        folders.append(Path(run_dir) / "samples")
+    config_hash = run.get("config_hash")
+    if isinstance(config_hash, str) and config_hash:
+        folders.append(workspace.root / "runs" / config_hash / "samples")
+    run_id = str(run.get("run_id", ""))
+    folders.append(workspace.root / "mlartifacts" / spec_id / run_id / "artifacts" / "samples")
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        grids = sorted(folder.glob("fakes_*kimg.png"))
+        if not grids:
+            continue
+        newest = grids[-1]
+        kimg = None
+        try:
+            kimg = float(newest.stem.removeprefix("fakes_").removesuffix("kimg"))
+        except ValueError:
+            pass
+        captions: list[str] = []
+        captions_file = folder / "captions.txt"
+        if captions_file.is_file():
+            captions = [line for line in captions_file.read_text(errors="replace").splitlines() if line]
+        return SampleGrid(newest, kimg, captions)
+    return None
