@@ -79,6 +79,8 @@ class ClipConfig:
     gen_crop_min: float = 0.5
     # Dataset image features from one random crop covering this fraction (official 0.99).
     real_crop: float = 0.99
+    # Training seed of the world's small CLIP (name "world"); each seed is a separate model.
+    world_seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,840 @@
+"""One interface over open_clip: real CLIPs, the world's small CLIP, and the feature cache.
+
+Everything LAFITE does with CLIP goes through :class:`ClipEncoder`: dataset image and caption
+features (cached by :class:`FeatureCache`), and the differentiable image features of generated
+images that L_ConG needs. Real CLIPs come from open_clip pretrained tags or a local weights file;
+the world's small CLIP is an open_clip custom model config trained here on the world's ``web``
+domain with open_clip's own ``ClipLoss`` and loaded back through exactly the same
+``open_clip.create_model(name, pretrained=<weights file>)`` path as a real CLIP's local weights
+file, so the mini scale exercises the code the paper scale runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from lafite.config import ClipConfig
+from lafite.errors import UserError
+from lafite.workspace import Workspace
+
+WORLD_CLIP_NAME = "world"
+WORLD_CLIP_CONFIG_DIR = Path(__file__).parent / "clip_configs"
+WORLD_CLIP_WEIGHTS = "open_clip_model.safetensors"
+_HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# The world's web split is generated with this world seed whatever the CLIP's training seed:
+# the CLIP is a fixed instrument for all runs, and its held-out test pairs stay the same.
+_WORLD_CLIP_DATA_SEED = 0
+
+log = logging.getLogger(__name__)
+
+
+# -- the encoder -------------------------------------------------------------------------------
+
+
+class ClipEncoder:
+    """A frozen open_clip model with the preprocessing LAFITE needs.
+
+    ``id`` names the model and the exact weights (a hash of the state dict), so that cached
+    features can never be served for a different CLIP. Features are always L2-normalised float32.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        name: str,
+        device: str | torch.device = "cpu",
+        batch_size: int = 256,
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.model.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        visual = model.visual
+        size = visual.image_size
+        self.image_size = int(size[0] if isinstance(size, tuple | list) else size)
+        cfg = getattr(visual, "preprocess_cfg", None) or {}
+        mean = cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)
+        std = cfg.get("std", open_clip.OPENAI_DATASET_STD)
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        # Probing beats reading a config key: CLIP, CustomTextCLIP and timm towers differ there.
+        self.dim = 0
+        self.dim = int(self.encode_texts(["a"]).shape[1])
+        self.id = f"{name}-{_state_dict_hash(model)[:10]}"
+
+    def __repr__(self) -> str:
+        return f"ClipEncoder(id={self.id!r}, dim={self.dim}, image_size={self.image_size})"
+
+    # -- images --------------------------------------------------------------------------------
+    def _to_unit(self, x_uint8: torch.Tensor | np.ndarray) -> torch.Tensor:
+        x = torch.as_tensor(x_uint8)
+        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected uint8 NCHW images with 3 channels, got {x.dtype} {tuple(x.shape)}")
+        return x.to(self.device).float().div_(255.0)
+
+    def _normalise(self, x_unit: torch.Tensor) -> torch.Tensor:
+        return (x_unit - self._mean) / self._std
+
+    def _features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels, normalize=True).float()
+
+    @torch.no_grad()
+    def encode_images(self, x_uint8: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(N, dim) features with open_clip's own eval preprocessing, on ``self.device``.
+
+        open_clip's ``preprocess_val`` is resize-shortest-side (bicubic) + centre crop + CLIP
+        mean/std; this is the same on uint8 tensors, batched, without a PIL round trip.
+        """
+        out = []
+        for start in range(0, len(x_uint8), self.batch_size):
+            x = self._to_unit(x_uint8[start : start + self.batch_size])
+            h, w = x.shape[-2:]
+            if h != w:
+                side = min(h, w)
+                top, left = (h - side) // 2, (w - side) // 2
+                x = x[:, :, top : top + side, left : left + side]
+            if x.shape[-1] != self.image_size:
+                x = F.interpolate(
+                    x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False,
+                    antialias=True,
+                ).clamp_(0.0, 1.0)
+            out.append(self._features(self._normalise(x)))
+        return torch.cat(out) if out else torch.empty(0, self.dim, device=self.device)
+
+    @torch.no_grad()
+    def encode_cropped(self, x_uint8: torch.Tensor | np.ndarray, boxes: np.ndarray) -> torch.Tensor:
+        """(N, dim) features of one square crop per image, ``boxes[i] = (top, left, side)``.
+
+        The official dataset tool's image feature (reference/official-lafite.md section 5.1):
+        crop, bicubic resize to the CLIP size (no antialiasing), CLIP normalisation.
+        """
+        out = []
+        for start in range(0, len(x_uint8), self.batch_size):
+            x = self._to_unit(x_uint8[start : start + self.batch_size])
+            chunk = boxes[start : start + len(x)]
+            resized = torch.empty(len(x), 3, self.image_size, self.image_size, device=self.device)
+            # Crops of one side length resize together; there are only a few distinct sides.
+            for side in np.unique(chunk[:, 2]):
+                rows = np.nonzero(chunk[:, 2] == side)[0]
+                crops = torch.stack(
+                    [x[r, :, chunk[r, 0] : chunk[r, 0] + side, chunk[r, 1] : chunk[r, 1] + side] for r in rows]
+                )
+                resized[torch.as_tensor(rows, device=self.device)] = _resize(crops, self.image_size)
+            out.append(self._features(self._normalise(resized)))
+        return torch.cat(out) if out else torch.empty(0, self.dim, device=self.device)
+
+    def encode_generated(
+        self, x: torch.Tensor, crop_min: float = 1.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Differentiable (N, dim) features of generated images in [-1, 1] (for L_ConG).
+
+        The official preprocessing (reference/official-lafite.md section 3.6): ONE random square
+        crop for the whole batch with side in [crop_min * S, S) and a random offset, bicubic
+        resize to the CLIP size, [-1, 1] -> [0, 1], CLIP normalisation. ``crop_min >= 1`` skips
+        the crop. Gradients flow to ``x``; the CLIP weights stay frozen.
+        """
+        size = x.shape[-1]
+        if crop_min < 1.0:
+            low = max(1, int(crop_min * size))
+            side = int(torch.randint(low, size, (1,), generator=generator).item()) if low < size else size
+            if side < size:
+                top = int(torch.randint(0, size - side, (1,), generator=generator).item())
+                left = int(torch.randint(0, size - side, (1,), generator=generator).item())
+                x = x[:, :, top : top + side, left : left + side]
+        x = _resize(x.float(), self.image_size)
+        x = (x + 1.0) * 0.5
+        return self._features(self._normalise(x))
+
+    # -- texts ---------------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """open_clip token ids (N, context_length); too-long captions are truncated."""
+        return self.tokenizer(list(texts))
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """(N, dim) features of captions, tokenised with the model's own open_clip tokenizer."""
+        texts = list(texts)
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            tokens = self.tokenize(texts[start : start + self.batch_size]).to(self.device)
+            out.append(self.model.encode_text(tokens, normalize=True).float())
+        if not out:
+            return torch.empty(0, self.dim, device=self.device)
+        return torch.cat(out)
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
+
+
+def _state_dict_hash(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(str(data.dtype).encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def load_clip(
+    clip_cfg: ClipConfig, workspace: Workspace, resolution: int, device: str | torch.device = "cpu"
+) -> ClipEncoder:
+    """The encoder named by ``clip_cfg``.
+
+    ``clip_cfg.name == "world"`` loads the world's small CLIP trained for ``resolution`` (see
+    :func:`pretrain_world_clip`); any other name is an open_clip model with ``clip_cfg.pretrained``
+    an open_clip pretrained tag or a local weights file.
+    """
+    if clip_cfg.name == WORLD_CLIP_NAME:
+        folder = world_clip_dir(workspace, resolution, seed=clip_cfg.world_seed)
+        if not (folder / WORLD_CLIP_WEIGHTS).is_file():
+            raise UserError(
+                f"The world's small CLIP for resolution {resolution} (seed {clip_cfg.world_seed}) "
+                f"is not trained yet (expected {folder / WORLD_CLIP_WEIGHTS}). Run "
+                f"`lafite-repro clip pretrain --resolution {resolution}` first."
+            )
+        return load_world_clip(folder, device)
+    return load_open_clip(clip_cfg.name, clip_cfg.pretrained, device)
+
+
+def load_open_clip(name: str, pretrained: str, device: str | torch.device = "cpu") -> ClipEncoder:
+    """An open_clip model with weights from a pretrained tag or a local weights file.
+
+    Fails fast with a :class:`UserError` instead of waiting on Hugging Face retries when the
+    weights are not on this machine and the Hub cannot be reached. OpenAI weights in a local file
+    need the ``-quickgelu`` model name (``ViT-B-32-quickgelu``); with the ``openai`` tag the
+    QuickGELU activation is chosen here from the tag.
+    """
+    valid = open_clip.list_models()
+    if name not in valid:
+        raise UserError(
+            f"clip.name: unknown CLIP model '{name}'. Use 'world' (the built-in world's small "
+            f"CLIP) or one of open_clip's models: {', '.join(valid)}"
+        )
+    if not pretrained:
+        raise UserError(
+            f"clip.pretrained is empty for '{name}': give an open_clip pretrained tag "
+            f"({', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none known'}) "
+            "or the path of a local weights file."
+        )
+    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if not tag_cfg and not os.path.isfile(pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise UserError(
+            f"clip.pretrained: '{pretrained}' is neither a file nor a pretrained tag of "
+            f"'{name}'. Known tags: {', '.join(tags) or 'none'}; or give the path of a weights "
+            "file (.safetensors, .bin, .pt)."
+        )
+    if tag_cfg:
+        _check_tag_available(name, pretrained, tag_cfg)
+    try:
+        model = open_clip.create_model(
+            name,
+            pretrained=pretrained,
+            device=device,
+            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)) if tag_cfg else False,
+        )
+    except RuntimeError as err:
+        if tag_cfg:
+            raise UserError(_missing_weights_message(name, pretrained, tag_cfg, str(err))) from err
+        raise UserError(
+            f"clip.pretrained: could not load weights file '{pretrained}' into open_clip model "
+            f"'{name}': {err}"
+        ) from err
+    return ClipEncoder(model, open_clip.get_tokenizer(name), name=_encoder_name(name, pretrained), device=device)
+
+
+def _encoder_name(name: str, pretrained: str) -> str:
+    tag = Path(pretrained).stem if os.path.isfile(pretrained) else pretrained
+    return f"{name}-{tag}"
+
+
+def _hf_location(tag_cfg: dict) -> tuple[str, tuple[str, ...]]:
+    hub = tag_cfg.get("hf_hub", "")
+    repo, filename = os.path.split(hub.rstrip("/") if hub.endswith("/") else hub)
+    if hub.endswith("/"):
+        repo, filename = hub.rstrip("/"), ""
+    return repo, (filename,) if filename else _HF_WEIGHT_FILES
+
+
+def _tag_cached(tag_cfg: dict) -> bool:
+    if "file" in tag_cfg:
+        return os.path.isfile(tag_cfg["file"])
+    repo, files = _hf_location(tag_cfg)
+    if repo:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:  # pragma: no cover - huggingface_hub ships with open_clip
+            return False
+        for filename in files:
+            hit = try_to_load_from_cache(repo_id=repo, filename=filename)
+            if isinstance(hit, str) and os.path.isfile(hit):
+                return True
+    url = tag_cfg.get("url", "")
+    if url:
+        return os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)))
+    return False
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _check_tag_available(name: str, pretrained: str, tag_cfg: dict) -> None:
+    """Raise at once when the tag's weights are neither cached nor downloadable.
+
+    Without this, huggingface_hub retries with backoff for about 46 s before open_clip fails.
+    """
+    if _tag_cached(tag_cfg):
+        return
+    if _offline():
+        raise UserError(_missing_weights_message(name, pretrained, tag_cfg, "HF_HUB_OFFLINE is set"))
+    if not _hub_reachable():
+        raise UserError(_missing_weights_message(name, pretrained, tag_cfg, "huggingface.co is unreachable"))
+
+
+def _missing_weights_message(name: str, pretrained: str, tag_cfg: dict, why: str) -> str:
+    repo, files = _hf_location(tag_cfg)
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    where = (
+        f"download {files[0]} from https://huggingface.co/{repo} and set clip.pretrained to its "
+        f"path (with clip.name '{name}-quickgelu' for OpenAI weights), or run once with internet "
+        f"so that open_clip caches it under {HF_HUB_CACHE}"
+        if repo
+        else f"download {tag_cfg.get('url', '')} and set clip.pretrained to its path"
+    )
+    return (
+        f"CLIP weights for model '{name}' (pretrained '{pretrained}') are not on this machine "
+        f"({why}). To use them offline, {where}. At mini/smoke scale use clip.name 'world'."
+    )
+
+
+# -- the world's small CLIP --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorldClipTraining:
+    """How the world's small CLIP is trained (part of its cache key)."""
+
+    n_train: int = 40000
+    steps: int = 800
+    batch: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 80
+    # Evaluation after training: groups of 100 held-out pairs per domain.
+    eval_groups: int = 10
+
+
+def world_clip_config(resolution: int) -> dict[str, Any]:
+    """The open_clip model config shipped for world images of ``resolution`` px."""
+    path = WORLD_CLIP_CONFIG_DIR / f"world-clip-{resolution}.json"
+    if not path.is_file():
+        sizes = sorted(int(p.stem.rsplit("-", 1)[1]) for p in WORLD_CLIP_CONFIG_DIR.glob("world-clip-*.json"))
+        raise UserError(
+            f"No world CLIP config for resolution {resolution}; the world's small CLIP exists for "
+            f"resolutions {', '.join(map(str, sizes))} (data.resolution)."
+        )
+    return json.loads(path.read_text())
+
+
+def _world_fingerprint(resolution: int) -> str:
+    """A content hash of the web domain the CLIP trains on: any change to the world changes it."""
+    from lafite.data import world as world_module
+
+    web = world_module.World("web", "train", resolution=resolution, seed=_WORLD_CLIP_DATA_SEED, size=64)
+    digest = hashlib.sha256(str(getattr(world_module, "WORLD_VERSION", "")).encode())
+    digest.update(web.images(range(64)).tobytes())
+    for i in range(64):
+        digest.update("\n".join(web.captions(i)).encode())
+    return digest.hexdigest()
+
+
+def world_clip_key(
+    resolution: int,
+    seed: int = 0,
+    model_cfg: dict[str, Any] | None = None,
+    training: WorldClipTraining | None = None,
+) -> str:
+    """12 hex digits naming a trained world CLIP: world content, model config, training, seed."""
+    payload = {
+        "world": _world_fingerprint(resolution),
+        "model": model_cfg if model_cfg is not None else world_clip_config(resolution),
+        "training": asdict(training or WorldClipTraining()),
+        "resolution": resolution,
+        "seed": seed,
+        "open_clip": open_clip.__version__,
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def world_clip_dir(
+    workspace: Workspace,
+    resolution: int,
+    seed: int = 0,
+    model_cfg: dict[str, Any] | None = None,
+    training: WorldClipTraining | None = None,
+) -> Path:
+    """Where the world CLIP with these settings lives (whether trained or not)."""
+    key = world_clip_key(resolution, seed, model_cfg, training)
+    return workspace.models_dir / "world-clip" / f"r{resolution}-{key}"
+
+
+def _model_name(folder: Path) -> str:
+    return f"lafite-world-clip-{folder.name}"
+
+
+def load_world_clip(folder: Path, device: str | torch.device = "cpu") -> ClipEncoder:
+    """Load a trained world CLIP through open_clip: registered config + local weights file."""
+    folder = Path(folder)
+    name = _model_name(folder)
+    config_file = folder / f"{name}.json"
+    weights = folder / WORLD_CLIP_WEIGHTS
+    if not config_file.is_file() or not weights.is_file():
+        raise UserError(f"World CLIP folder {folder} is incomplete (needs {config_file.name} and {weights.name}).")
+    if name not in open_clip.list_models():
+        open_clip.add_model_config(config_file)
+    try:
+        model = open_clip.create_model(name, pretrained=str(weights), device=device)
+    except RuntimeError as err:
+        raise UserError(f"World CLIP weights {weights} do not load ({err}); delete {folder} and retrain.") from err
+    return ClipEncoder(model, open_clip.get_tokenizer(name), name=name, device=device)
+
+
+def _world_images_nchw(world: Any, indices: Sequence[int]) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(world.images(indices).transpose(0, 3, 1, 2)))
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # open_clip's recipe: no decay on gains, biases, embeddings' scale and the logit scale.
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or "bias" in name or "ln" in name or "logit_scale" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def pretrain_world_clip(
+    workspace: Workspace,
+    resolution: int,
+    seed: int = 0,
+    progress: bool = True,
+    model_cfg: dict[str, Any] | None = None,
+    training: WorldClipTraining | None = None,
+    device: str | torch.device = "cpu",
+) -> Path:
+    """Train the world's small CLIP on the ``web`` train split once; later calls return at once.
+
+    Contrastive training with open_clip's ``ClipLoss``, AdamW and a warm-up + cosine schedule.
+    The training images are generated in memory (the world renders thousands per second). The
+    result is a folder with the open_clip config (its file stem is the model name), the weights
+    as safetensors, and ``meta.json`` (training time, machine load, held-out retrieval numbers).
+    Returns that folder.
+    """
+    from lafite.data.world import World
+
+    training = training or WorldClipTraining()
+    model_cfg = model_cfg if model_cfg is not None else world_clip_config(resolution)
+    folder = world_clip_dir(workspace, resolution, seed, model_cfg, training)
+    if (folder / WORLD_CLIP_WEIGHTS).is_file() and (folder / "meta.json").is_file():
+        return folder
+
+    started, cpu_started = time.time(), time.process_time()
+    torch.manual_seed(seed)
+    name = _model_name(folder)
+    staging = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    config_file = staging / f"{name}.json"
+    config_file.write_text(json.dumps(model_cfg, indent=2))
+    open_clip.add_model_config(config_file)
+    _quiet_random_init_warning()
+    model = open_clip.create_model(name, pretrained=None, device=device)
+    tokenizer = open_clip.get_tokenizer(name)
+
+    web = World("web", "train", resolution=resolution, seed=_WORLD_CLIP_DATA_SEED, size=training.n_train)
+    n = len(web)
+    _say(progress, f"world CLIP r{resolution}: rendering {n} web training images ...")
+    images = _world_images_nchw(web, range(n))
+    caption_lists = [web.captions(i) for i in range(n)]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum([len(c) for c in caption_lists], out=offsets[1:])
+    tokens = tokenizer([c for caps in caption_lists for c in caps])
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    _say(progress, f"world CLIP r{resolution}: data ready in {time.time() - started:.1f}s; training {training.steps} steps")
+
+    loss_fn = open_clip.loss.ClipLoss()
+    optimiser = torch.optim.AdamW(_param_groups(model, training.weight_decay), lr=training.lr, betas=(0.9, 0.98), eps=1e-6)
+
+    def lr_factor(step: int) -> float:
+        if step < training.warmup_steps:
+            return (step + 1) / training.warmup_steps
+        done = (step - training.warmup_steps) / max(1, training.steps - training.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    cursor = 0
+    batch = min(training.batch, n)
+    model.train()
+    last_loss = float("nan")
+    for step in range(training.steps):
+        if cursor + batch > n:
+            order, cursor = rng.permutation(n), 0
+        idx = order[cursor : cursor + batch]
+        cursor += batch
+        pick = offsets[idx] + rng.integers(0, offsets[idx + 1] - offsets[idx])
+        pixels = ((images[idx].float().div_(255.0) - mean) / std).to(device)
+        image_features, text_features, logit_scale = model(pixels, tokens[pick].to(device))
+        loss = loss_fn(image_features, text_features, logit_scale)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        last_loss = loss.detach().item()
+        if not math.isfinite(last_loss):
+            raise RuntimeError(f"world CLIP training diverged at step {step} (loss {last_loss})")
+        if progress and (step % 100 == 0 or step == training.steps - 1):
+            _say(progress, f"  step {step:5d}/{training.steps}  loss {last_loss:.3f}  {time.time() - started:.0f}s")
+    train_seconds = time.time() - started
+    train_cpu_seconds = time.process_time() - cpu_started
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(staging / WORLD_CLIP_WEIGHTS))
+    if folder.exists():  # another process finished the same training first: keep theirs
+        _remove_tree(staging)
+        return folder
+    os.replace(staging, folder)
+    encoder = load_world_clip(folder, device)
+    metrics = _evaluate_world_encoder(encoder, resolution, training.eval_groups)
+    meta = {
+        "model_name": _model_name(folder),
+        "resolution": resolution,
+        "seed": seed,
+        "training": asdict(training),
+        "model_cfg": model_cfg,
+        "final_loss": last_loss,
+        "train_seconds": round(train_seconds, 1),
+        # CPU time next to wall time: on a shared machine it estimates the idle-machine time.
+        "train_cpu_seconds": round(train_cpu_seconds, 1),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "torch_threads": torch.get_num_threads(),
+        "metrics": metrics,
+    }
+    _atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2))
+    _say(progress, f"world CLIP r{resolution}: trained in {train_seconds:.0f}s -> {folder}")
+    return folder
+
+
+def _remove_tree(path: Path) -> None:
+    for child in path.iterdir():
+        child.unlink()
+    path.rmdir()
+
+
+def _quiet_random_init_warning() -> None:
+    # open_clip logs a WARNING for every model built with random weights, which is the point here.
+    logging.getLogger().addFilter(_RandomInitFilter())
+
+
+class _RandomInitFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+
+# -- measurements ------------------------------------------------------------------------------
+
+
+class _WorldLike(Protocol):
+    def __len__(self) -> int: ...
+
+    def images(self, indices: Sequence[int]) -> np.ndarray: ...
+
+    def captions(self, index: int) -> list[str]: ...
+
+
+def retrieval_accuracy(
+    encoder: ClipEncoder, world: _WorldLike, n_candidates: int = 100, n_groups: int = 10
+) -> dict[str, float]:
+    """Held-out retrieval among ``n_candidates`` pairs, averaged over ``n_groups`` groups.
+
+    Image i's query caption is caption ``i mod k`` of its k captions (so every template is
+    used). Also reports the mean cosine between each image and its own captions against the
+    mean to all other images' captions: pseudo text features only make sense when the first
+    clearly exceeds the second.
+    """
+    n_groups = max(1, min(n_groups, len(world) // n_candidates))
+    n = n_groups * n_candidates
+    if n == 0:
+        raise ValueError(f"the world has {len(world)} items, fewer than n_candidates={n_candidates}")
+    indices = list(range(n))
+    image_features = encoder.encode_images(_world_images_nchw(world, indices)).cpu()
+    caption_lists = [world.captions(i) for i in indices]
+    flat = [c for caps in caption_lists for c in caps]
+    owner = torch.tensor([i for i, caps in enumerate(caption_lists) for _ in caps])
+    text_features = encoder.encode_texts(flat).cpu()
+    starts = np.concatenate([[0], np.cumsum([len(c) for c in caption_lists])[:-1]])
+    query = torch.tensor([starts[i] + i % len(caption_lists[i]) for i in indices])
+
+    i2t, t2i = [], []
+    for g in range(n_groups):
+        rows = slice(g * n_candidates, (g + 1) * n_candidates)
+        sim = image_features[rows] @ text_features[query[rows]].T
+        target = torch.arange(n_candidates)
+        i2t.append((sim.argmax(dim=1) == target).float().mean().item())
+        t2i.append((sim.argmax(dim=0) == target).float().mean().item())
+
+    cos = image_features @ text_features.T  # (n images, all captions)
+    own = owner.unsqueeze(0) == torch.arange(n).unsqueeze(1)
+    return {
+        "image_to_text_top1": float(np.mean(i2t)),
+        "text_to_image_top1": float(np.mean(t2i)),
+        "chance": 1.0 / n_candidates,
+        "n_candidates": n_candidates,
+        "n_groups": n_groups,
+        "own_caption_cosine": float(cos[own].mean()),
+        "other_caption_cosine": float(cos[~own].mean()),
+    }
+
+
+def _evaluate_world_encoder(encoder: ClipEncoder, resolution: int, n_groups: int) -> dict[str, dict[str, float]]:
+    from lafite.data.world import World
+
+    out = {}
+    for domain in ("web", "scenes"):
+        world = World(domain, "test", resolution=resolution, seed=_WORLD_CLIP_DATA_SEED)
+        out[domain] = retrieval_accuracy(encoder, world, n_candidates=100, n_groups=n_groups)
+    return out
+
+
+def world_clip_report(
+    workspace: Workspace, resolution: int, seed: int = 0, device: str | torch.device = "cpu", recompute: bool = False
+) -> dict[str, Any]:
+    """The numbers `lafite-repro clip pretrain` / `clip eval` print for the cached world CLIP.
+
+    Retrieval on held-out ``web`` and ``scenes`` test pairs (top-1 among 100, chance 1%), the own
+    vs other caption cosines, and the training time with the load average it was measured at.
+    ``recompute`` re-measures retrieval from the saved weights instead of reading ``meta.json``.
+    """
+    folder = world_clip_dir(workspace, resolution, seed)
+    meta_file = folder / "meta.json"
+    if not meta_file.is_file():
+        raise UserError(
+            f"The world's small CLIP for resolution {resolution} is not trained yet ({folder}). "
+            f"Run `lafite-repro clip pretrain --resolution {resolution}`."
+        )
+    meta = json.loads(meta_file.read_text())
+    metrics = meta["metrics"]
+    if recompute:
+        encoder = load_world_clip(folder, device)
+        metrics = _evaluate_world_encoder(encoder, resolution, meta["training"]["eval_groups"])
+    return {
+        "model": meta["model_name"],
+        "path": str(folder),
+        "resolution": resolution,
+        "train_seconds": meta["train_seconds"],
+        "train_cpu_seconds": meta.get("train_cpu_seconds"),
+        "load_average": meta["load_average"],
+        **{f"{domain}.{key}": value for domain, values in metrics.items() for key, value in values.items()},
+    }
+
+
+# -- the feature cache -------------------------------------------------------------------------
+
+
+class ImageTextDataset(Protocol):
+    """What the cache needs from a dataset (lafite.data.folder.ImageTextFolder fits)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> torch.Tensor: ...
+
+    def captions(self, index: int) -> list[str]: ...
+
+    def fingerprint(self) -> str: ...
+
+
+class FeatureCache:
+    """CLIP features of a dataset, computed once and memory-mapped on read.
+
+    Files live under ``<workspace>/cache/clip-features/<dataset fingerprint>/<encoder id>/``, so
+    a changed dataset or different weights never reuse stale features. Files are written to a
+    temporary name and renamed, so a crash never leaves a half-written cache; one that is corrupt
+    anyway (truncated, edited) is recomputed with a warning.
+    """
+
+    def __init__(self, workspace: Workspace, seed: int = 0) -> None:
+        self.workspace = workspace
+        self.seed = seed
+
+    def folder(self, dataset: ImageTextDataset, encoder: ClipEncoder) -> Path:
+        key = hashlib.sha256(str(dataset.fingerprint()).encode()).hexdigest()[:16]
+        path = self.workspace.cache_dir / "clip-features" / key / encoder.id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def image_features(
+        self, dataset: ImageTextDataset, encoder: ClipEncoder, real_crop: float = 0.99
+    ) -> np.memmap:
+        """(N, dim) float32 memmap: one seeded random crop covering ``real_crop`` of each image.
+
+        The official dataset tool's feature: square side in [real_crop * S, S), random offset
+        (reference/official-lafite.md section 5.1); ``real_crop >= 1`` uses the whole image.
+        """
+        path = self.folder(dataset, encoder) / f"image-crop{real_crop:g}-seed{self.seed}.npy"
+        n = len(dataset)
+        cached = _read_array(path, (n, encoder.dim))
+        if cached is not None:
+            return cached
+        features = np.empty((n, encoder.dim), dtype=np.float32)
+        rng = np.random.default_rng(self.seed)
+        for start in range(0, n, encoder.batch_size):
+            stop = min(n, start + encoder.batch_size)
+            batch = torch.stack([torch.as_tensor(dataset[i]) for i in range(start, stop)])
+            boxes = _crop_boxes(rng, len(batch), batch.shape[-2], batch.shape[-1], real_crop)
+            features[start:stop] = encoder.encode_cropped(batch, boxes).cpu().numpy()
+        _atomic_save(path, features)
+        return np.load(path, mmap_mode="r")
+
+    def text_features(self, dataset: ImageTextDataset, encoder: ClipEncoder) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 (M, dim) memmap of every caption's feature, int64 offsets (N+1,)).
+
+        Captions of image i are rows ``offsets[i]:offsets[i+1]``.
+        """
+        folder = self.folder(dataset, encoder)
+        offsets_path, features_path = folder / "text-offsets.npy", folder / "text.npy"
+        n = len(dataset)
+        offsets = _read_array(offsets_path, (n + 1,), dtype=np.int64)
+        if offsets is not None and _offsets_valid(offsets):
+            features = _read_array(features_path, (int(offsets[-1]), encoder.dim))
+            if features is not None:
+                return features, np.asarray(offsets)
+        elif offsets is not None:
+            warnings.warn(f"Feature cache {offsets_path} is inconsistent; recomputing it.", stacklevel=2)
+        caption_lists = [list(dataset.captions(i)) for i in range(n)]
+        new_offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum([len(c) for c in caption_lists], out=new_offsets[1:])
+        flat = [c for caps in caption_lists for c in caps]
+        features = encoder.encode_texts(flat).cpu().numpy().astype(np.float32, copy=False)
+        # Features first: a valid offsets file then always describes a complete features file.
+        _atomic_save(features_path, features)
+        _atomic_save(offsets_path, new_offsets)
+        return np.load(features_path, mmap_mode="r"), new_offsets
+
+
+def _crop_boxes(rng: np.random.Generator, n: int, height: int, width: int, crop: float) -> np.ndarray:
+    size = min(height, width)
+    low = max(1, int(crop * size))
+    if crop >= 1.0 or low >= size:
+        sides = np.full(n, size)
+    else:
+        sides = rng.integers(low, size, n)
+    tops = rng.integers(0, height - sides + 1)
+    lefts = rng.integers(0, width - sides + 1)
+    return np.stack([tops, lefts, sides], axis=1).astype(np.int64)
+
+
+def _offsets_valid(offsets: np.ndarray) -> bool:
+    return bool(offsets[0] == 0 and np.all(np.diff(offsets) >= 0))
+
+
+def _read_array(path: Path, shape: tuple[int, ...], dtype: Any = np.float32) -> np.memmap | None:
+    """The cached array if it is intact, else None (with a warning when a file was there)."""
+    if not path.exists():
+        return None
+    try:
+        array = np.load(path, mmap_mode="r")
+        if array.shape != shape or array.dtype != np.dtype(dtype):
+            raise ValueError(f"shape {array.shape} {array.dtype}, expected {shape} {np.dtype(dtype)}")
+        if array.size and not np.isfinite(array[-1]).all():
+            raise ValueError("non-finite values")
+        return array
+    except Exception as err:  # noqa: BLE001 - any unreadable cache file is recomputed
+        warnings.warn(f"Feature cache {path} is corrupt ({err}); recomputing it.", stacklevel=3)
+        return None
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+__all__ = [
+    "ClipEncoder",
+    "FeatureCache",
+    "WorldClipTraining",
+    "load_clip",
+    "load_open_clip",
+    "load_world_clip",
+    "pretrain_world_clip",
+    "retrieval_accuracy",
+    "world_clip_config",
+    "world_clip_dir",
+    "world_clip_key",
+    "world_clip_report",
+]
