@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -45,6 +46,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -75,6 +77,7 @@ ATTR_KIMG = "train_kimg"
 ATTR_RETRY_OF = "retry_of"
 ATTR_RETRIES = "retries"
 ATTR_WORKER = "worker"
+ATTR_RUN_FOLDER = "run_folder"  # a study attribute
 TAG_STATE = "lafite.trial.state"
 TAG_STUDY = "lafite.study"
 TAG_OPTUNA_STUDY = "lafite.optuna.study"
@@ -527,6 +530,9 @@ def _create_or_load(definition: StudyDefinition, scale: str,
         if definition.multi_objective:
             study.set_metric_names(objectives)
         study.set_user_attr("objectives", objectives)
+        # Trials train in folders of their own study: two studies of the same name in two
+        # storages (a benchmark, a fresh --storage) must not resume each other's checkpoints.
+        study.set_user_attr(ATTR_RUN_FOLDER, f"{name}-{uuid.uuid4().hex[:8]}")
         study.set_user_attr("spec", definition.spec_id)
         study.set_user_attr("row", definition.row)
         study.set_user_attr("scale", scale)
@@ -835,7 +841,8 @@ def work(args: WorkerArgs, console: Any = None) -> int:
                 time.sleep(args.poll_seconds)  # another worker's last trials; retry if it dies
                 continue
             objective = TrialObjective(definition, args.scale, workspace, tracker,
-                                       args.parent_run_id, base, release, console)
+                                       args.parent_run_id, base, release, console,
+                                       run_folder(study, args.storage))
             try:
                 study.optimize(objective, n_trials=1, gc_after_trial=False)
                 consecutive_failures = 0
@@ -853,13 +860,23 @@ def work(args: WorkerArgs, console: Any = None) -> int:
             ran += 1
 
 
+def run_folder(study: optuna.Study, storage: str) -> str:
+    """The folder (under ``<workspace>/runs/tune/``) where this study's trials train."""
+    stored = study.user_attrs.get(ATTR_RUN_FOLDER)
+    if stored:
+        return str(stored)
+    digest = hashlib.sha256(storage.encode()).hexdigest()[:8]  # studies made before the attr
+    return f"{study.study_name}-{digest}"
+
+
 class TrialObjective:
     """Train one trial's configuration; report its evaluations; return its objective(s)."""
 
     def __init__(self, definition: StudyDefinition, scale: str, workspace: Workspace,
                  tracker: Any, parent_id: str, base: RunConfig,
-                 release_lock: Callable[[], None], console: Any) -> None:
+                 release_lock: Callable[[], None], console: Any, folder: str) -> None:
         self.definition, self.scale, self.workspace = definition, scale, workspace
+        self.folder = folder
         self.tracker, self.parent_id, self.base = tracker, parent_id, base
         self.release_lock, self.console = release_lock, console
 
@@ -870,8 +887,7 @@ class TrialObjective:
         cfg = definition.trial_config(self.scale, params, self.base)
         # A retry (same parameters) resumes the dead trial's checkpoint from its folder.
         run_dir = trial.user_attrs.get(ATTR_RUN_DIR) or str(
-            self.workspace.runs_dir / "tune" / definition.study_name(self.scale)
-            / f"trial-{trial.number:04d}")
+            self.workspace.runs_dir / "tune" / self.folder / f"trial-{trial.number:04d}")
         trial.set_user_attr(ATTR_RUN_DIR, run_dir)
         trial.set_user_attr(ATTR_WORKER, f"{socket.gethostname()}:{os.getpid()}")
         logger = self.tracker.start_child(
