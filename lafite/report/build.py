@@ -138,7 +138,8 @@ def build_report(
             spec=spec, heading=_heading(spec), sections=sections, studies=study_views,
             world_scales=tables.WORLD_SCALES, diagnostic_label=DIAGNOSTIC_LABEL,
             fmt=tables.fmt, fmt_signed=tables.fmt_signed, fmt_reproduced=tables.fmt_reproduced,
-            metric_heading=tables.metric_heading, metric_caveat=tables.metric_caveat, **context,
+            metric_heading=tables.metric_heading, metric_caveat=tables.metric_caveat,
+            caveat_label=tables.caveat_label, **context,
         )
         path = out / f"{spec.id}.html"
         path.write_text(html)
@@ -193,8 +194,11 @@ def _heading(spec: Spec) -> str:
 def _section_summary(table: tables.TableResult) -> str:
     text = f"{table.scale}: {table.rows_run}/{table.trainable} rows run"
     if table.agreements:
-        holding = sum(1 for a in table.agreements if a.best_agrees)
-        text += f", best row as in the paper for {holding}/{len(table.agreements)} metrics"
+        n = len(table.agreements)
+        holding = sum(1 for a in table.agreements if a.holds)
+        same_best = sum(1 for a in table.agreements if a.best_agrees)
+        text += (f"; paper's ordering holds for {holding} of {n} metrics, "
+                 f"same best row for {same_best} of {n}")
     return text
 
 

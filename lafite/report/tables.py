@@ -149,15 +149,20 @@ class Agreement:
 
     @property
     def verdict(self) -> str:
-        if self.n_rows < 2:
+        """A reading of tau-b a reader can act on; thresholds are the usual rough bands."""
+        if self.n_rows < 2 or self.kendall_tau is None:
             return "too few rows to compare"
         if self.discordant == 0 and self.ties == 0:
             return "paper's ordering holds"
-        if self.concordant > self.discordant:
-            return "mostly holds"
-        if self.concordant == self.discordant:
-            return "undecided"
-        return "does not hold"
+        if self.kendall_tau >= 0.4:
+            return "roughly holds"
+        if self.kendall_tau <= -0.4:
+            return "reversed"
+        return "no clear agreement"
+
+    @property
+    def holds(self) -> bool:
+        return self.verdict in ("paper's ordering holds", "roughly holds")
 
 
 @dataclass
@@ -395,6 +400,15 @@ def metric_heading(col: MetricColumn, scale: str) -> str:
     if col.percent:
         text += " (%)"
     return text
+
+
+def caveat_label(col: MetricColumn, scale: str) -> str:
+    """The short tag under a column title: what kind of number the column holds here."""
+    if col.diagnostic:
+        return DIAGNOSTIC_LABEL
+    if is_world_scale(scale) and col.name in METRICS:
+        return "built-in world only" if "world only" in METRICS[col.name].description else "world analogue"
+    return ""
 
 
 def metric_caveat(col: MetricColumn, scale: str) -> str:
