@@ -159,10 +159,14 @@ class ClipEncoder:
         size = x.shape[-1]
         if crop_min < 1.0:
             low = max(1, int(crop_min * size))
-            side = int(torch.randint(low, size, (1,), generator=generator).item()) if low < size else size
+            where = generator.device if generator is not None else "cpu"
+
+            def draw(lo: int, hi: int) -> int:
+                return int(torch.randint(lo, hi, (1,), generator=generator, device=where).item())
+
+            side = draw(low, size) if low < size else size
             if side < size:
-                top = int(torch.randint(0, size - side, (1,), generator=generator).item())
-                left = int(torch.randint(0, size - side, (1,), generator=generator).item())
+                top, left = draw(0, size - side), draw(0, size - side)
                 x = x[:, :, top : top + side, left : left + side]
         x = _resize(x.float(), self.image_size)
         x = (x + 1.0) * 0.5
@@ -279,11 +283,14 @@ def _encoder_name(name: str, pretrained: str) -> str:
 
 
 def _hf_location(tag_cfg: dict) -> tuple[str, tuple[str, ...]]:
+    """(Hub repo, candidate file names) of a pretrained tag, as open_clip resolves them."""
     hub = tag_cfg.get("hf_hub", "")
-    repo, filename = os.path.split(hub.rstrip("/") if hub.endswith("/") else hub)
-    if hub.endswith("/"):
-        repo, filename = hub.rstrip("/"), ""
-    return repo, (filename,) if filename else _HF_WEIGHT_FILES
+    if not hub or hub.endswith("/"):  # "org/repo/": open_clip's default file names
+        return hub.rstrip("/"), _HF_WEIGHT_FILES
+    repo, filename = os.path.split(hub)
+    if filename.endswith((".bin", ".pth")):  # open_clip tries the safetensors twin first
+        return repo, (filename[:-4] + ".safetensors", filename)
+    return repo, (filename,)
 
 
 def _tag_cached(tag_cfg: dict) -> bool:

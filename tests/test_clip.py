@@ -252,3 +252,26 @@ def test_corrupt_cache_is_recomputed_with_warning(workspace, tmp_path):
         cache.image_features(data, enc)
         cache.text_features(data, enc)
     assert not list(folder.glob("*.tmp"))
+
+
+def test_feature_cache_on_a_materialised_world_folder(workspace, tmp_path):
+    """The real dataset path: world -> PNG + .txt folder -> ImageTextFolder -> cached features."""
+    from lafite.data.folder import ImageTextFolder
+    from lafite.data.world import World, materialise
+
+    folder = materialise(World("scenes", "test", resolution=16, size=6), tmp_path / "scenes")
+    dataset = ImageTextFolder(folder, 16)
+    enc = _tiny_encoder(tmp_path)
+    cache = lclip.FeatureCache(workspace)
+    feats = np.array(cache.image_features(dataset, enc))
+    texts, offsets = cache.text_features(dataset, enc)
+    assert feats.shape == (6, 32) and offsets[-1] == texts.shape[0] == 6 * 5
+    before = dataset.fingerprint()
+
+    caption_file = sorted(folder.glob("*.txt"))[0]
+    caption_file.write_text("a single large red circle\n")
+    changed = ImageTextFolder(folder, 16)
+    assert changed.fingerprint() != before
+    texts2, offsets2 = cache.text_features(changed, enc)
+    assert offsets2[1] == 1 and texts2.shape[0] == 26
+    assert np.allclose(texts2[0], enc.encode_texts(["a single large red circle"])[0].numpy(), atol=1e-6)
