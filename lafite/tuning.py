@@ -25,6 +25,9 @@ This is the only module that imports optuna. Design choices, each for a reason:
   ``optuna.TrialPruned``, which ``train_run`` propagates (it does not catch callback exceptions),
   so training stops at once with its last checkpoint intact. Optuna cannot prune
   multi-objective studies, so a study with two objectives must say ``pruner: {name: none}``.
+- **Run folders.** A trial trains in ``<workspace>/runs/tune/<study name>-<random id>/trial-N``;
+  the id is stored in the Optuna study, so two same-named studies in two storages never resume
+  each other's checkpoints, while a retry of a dead trial resumes its own.
 - **MLflow.** One experiment ``tune-<id>`` per study, a parent run per scale (reused by every
   invocation, like the runner's), one child run per trial with the trial's full configuration,
   its evaluation curve and its state (``lafite.trial.state``: COMPLETE, PRUNED or FAIL). The
@@ -503,7 +506,7 @@ def open_storage(
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {text[0].rstrip('.')}" if text else type(exc).__name__
 
 
 def _heartbeats(storage: optuna.storages.BaseStorage) -> bool:
@@ -1271,17 +1274,17 @@ def _print_plan(definition: StudyDefinition, scale: str, base: RunConfig, summar
     spec = definition.spec()
     row_cfg = spec.resolve(spec.row(definition.row), scale).flat()
     changed = {k: v for k, v in base.flat().items() if row_cfg.get(k) != v}
-    console.print(f"[bold]study {summary.study_name}[/bold]: {definition.title}", markup=True)
+    console.print(f"[bold]study {summary.study_name}[/bold]: {definition.title}", markup=True, soft_wrap=True)
     console.print(f"  base row: {definition.spec_id} / {definition.row!r} at scale {scale}",
-                  markup=False)
-    console.print("  study changes: " + (_inline(changed) or "-"), markup=False)
+                  markup=False, soft_wrap=True)
+    console.print("  study changes: " + (_inline(changed) or "-"), markup=False, soft_wrap=True)
     for param in definition.search:
-        console.print(f"  search: {param.describe()}", markup=False)
+        console.print(f"  search: {param.describe()}", markup=False, soft_wrap=True)
     console.print("  objectives: " + ", ".join(f"{o.metric} ({o.direction})"
-                                               for o in definition.objectives), markup=False)
+                                               for o in definition.objectives), markup=False, soft_wrap=True)
     console.print(f"  sampler: {_inline(definition.sampler)}; pruner: {_inline(definition.pruner)}"
                   f" (evaluations every {base.train.eval_kimg:g} of {base.train.kimg:g} kimg)",
-                  markup=False)
+                  markup=False, soft_wrap=True)
     existing = "unknown"
     if storage is None and not workspace.optuna_db.exists():
         existing = "0 (the storage does not exist yet)"
@@ -1290,9 +1293,9 @@ def _print_plan(definition: StudyDefinition, scale: str, base: RunConfig, summar
             study = load_existing_study(definition, scale, workspace, None)
             existing = str(sum(t.state in COUNTED for t in study.get_trials(deepcopy=False)))
     console.print(f"  storage: {summary.storage}; trials: {summary.target} "
-                  f"(done so far: {existing}); workers: {workers}", markup=False)
+                  f"(done so far: {existing}); workers: {workers}", markup=False, soft_wrap=True)
     console.print(f"  MLflow: experiment {definition.experiment!r}, one child run per trial",
-                  markup=False)
+                  markup=False, soft_wrap=True)
 
 
 # -- worker entry point ------------------------------------------------------------------------
