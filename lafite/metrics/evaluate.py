@@ -239,7 +239,9 @@ def evaluate_generator(
     """
     names = requested_metrics(cfg.eval)
     device = torch.device(device) if device is not None else _module_device(G_ema)
-    cuda_devices = [device] if device.type == "cuda" else []
+    cuda_devices = []
+    if device.type == "cuda":
+        cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(cfg.eval.seed)
         was_training = G_ema.training
