@@ -17,6 +17,7 @@ ones to finish (or to be abandoned, and then resumes them itself).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -170,22 +171,32 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                holder = self.holder()
-                if not self.is_stale(holder):
+                if not self._remove_if_stale():
                     return False
-                # Replace a stale lock atomically-enough: rename it away first, so that two
-                # processes that both saw it stale do not both delete a fresh lock.
-                grave = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}")
-                try:
-                    os.rename(self.path, grave)
-                    os.unlink(grave)
-                except FileNotFoundError:
-                    pass
                 continue
             with os.fdopen(fd, "w") as handle:
                 json.dump(self._me(), handle)
             return True
         return False
+
+    def _remove_if_stale(self) -> bool:
+        """Delete the lock file if its holder is dead; False if a live process holds it.
+
+        Takeovers are serialised by a guard lock so that two processes that both judged the
+        same lock stale cannot end with one deleting the fresh lock the other just made.
+        """
+        guard = self.path.with_name(self.path.name + ".guard")
+        with open(guard, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                if not self.path.exists():
+                    return True
+                if not self.is_stale(self.holder()):
+                    return False
+                self.path.unlink(missing_ok=True)
+                return True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def release(self) -> None:
         holder = self.holder()
