@@ -61,32 +61,57 @@ class SpecRuns:
 
 
 def load_spec_runs(tracker: Tracker, spec: Spec, scale: str | None = None) -> SpecRuns:
-    """Finished runs of ``spec`` (at ``scale``, or every scale) with their tags."""
-    frame = tracker.runs_frame(spec.id, scale, FINISHED)
+    """Finished runs of ``spec`` (at ``scale``, or every scale) with their tags, plus a count of
+    the runs that did not finish, from one search of the store.
+
+    ``Tracker.runs_frame`` has no ``tags.*`` columns (provenance, hardware, not-computed
+    reasons), so the frame is built here in its layout plus the tags, from one search through
+    the tracker's client: calling ``runs_frame`` as well would double the dominant cost of a
+    report (loading every run's params from the store). Once ``runs_frame`` returns tags, this
+    function can use it instead (see the report's integration notes).
+    """
     experiment_id = tracker.experiment_id(spec.id, create=False)
     if experiment_id is None:
-        return SpecRuns(spec, frame, {}, None)
-    everything = _child_runs(tracker, experiment_id, scale)
-    if len(frame) and not any(c.startswith("tags.") for c in frame.columns):
-        tags = pd.DataFrame.from_records(
-            [{"run_id": r.info.run_id, **{f"tags.{k}": v for k, v in r.data.tags.items()},
-              "start_time": r.info.start_time, "end_time": r.info.end_time}
-             for r in everything]
-        )
-        if len(tags):
-            frame = frame.merge(tags, on="run_id", how="left")
+        return SpecRuns(spec, tracker.runs_frame(spec.id, scale, FINISHED), {}, None)
+    frame = _frame_with_tags(_child_runs(tracker, experiment_id, scale))
     unfinished: dict[str, dict[str, dict[str, int]]] = {}
-    finished_keys = set(zip(frame.get("scale", []), frame.get("row", []))) if len(frame) else set()
-    for run in everything:
-        if run.info.status == FINISHED:
-            continue
-        tags = run.data.tags
-        run_scale, row = tags.get("lafite.scale", ""), tags.get("lafite.row", "")
-        if (run_scale, row) in finished_keys and run.info.status == "RUNNING":
-            continue
-        per_row = unfinished.setdefault(run_scale, {}).setdefault(row, {})
-        per_row[run.info.status.lower()] = per_row.get(run.info.status.lower(), 0) + 1
+    if len(frame):
+        finished = frame[frame["status"] == FINISHED]
+        done = set(zip(finished["scale"], finished["row"]))
+        for _, run in frame[frame["status"] != FINISHED].iterrows():
+            # A row being re-run while a finished run exists is not news; anything else is.
+            if (run["scale"], run["row"]) in done and run["status"] == "RUNNING":
+                continue
+            per_row = unfinished.setdefault(run["scale"], {}).setdefault(run["row"], {})
+            status = str(run["status"]).lower()
+            per_row[status] = per_row.get(status, 0) + 1
+        frame = finished.reset_index(drop=True)
     return SpecRuns(spec, frame, unfinished, experiment_id)
+
+
+def _frame_with_tags(runs: list[Any]) -> pd.DataFrame:
+    """``runs_frame``'s layout (run_id, row, seed, scale, config_hash, status, metrics.*,
+    params.*) plus ``tags.*``, ``start_time`` and ``end_time``."""
+    records = []
+    for run in runs:
+        tags = run.data.tags
+        entry: dict[str, Any] = {
+            "run_id": run.info.run_id,
+            "row": tags.get("lafite.row", ""),
+            "seed": int(tags.get("lafite.seed", "0")),
+            "scale": tags.get("lafite.scale", ""),
+            "config_hash": tags.get("lafite.config_hash", ""),
+            "status": run.info.status,
+            "final_checkpoint": tags.get("lafite.final_checkpoint", ""),
+            "start_time": run.info.start_time,
+            "end_time": run.info.end_time,
+        }
+        entry.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+        entry.update({f"params.{k}": v for k, v in run.data.params.items()})
+        entry.update({f"tags.{k}": v for k, v in tags.items()})
+        records.append(entry)
+    columns = ["run_id", "row", "seed", "scale", "config_hash", "status"]
+    return pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=columns)
 
 
 def _child_runs(tracker: Tracker, experiment_id: str, scale: str | None) -> list[Any]:

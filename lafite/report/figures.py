@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from lafite.report.tables import TableResult, is_world_scale
 
-DPI = 100
+DPI = 90
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b",
             "#e377c2", "#7f7f7f", "#bcbd22")
 
