@@ -322,3 +322,13 @@ def test_page_renders_in_headless_chromium(table5_html, tmp_path, table5):
     assert [html.unescape(r) for r in rendered] == [r.name for r in table5.rows]
     assert "Does the paper's ordering hold?" in html.unescape(dom)
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def test_rows_link_to_the_mlflow_ui_only_for_a_tracking_server():
+    from types import SimpleNamespace
+
+    from lafite.report.data import run_url
+
+    server = SimpleNamespace(uri="http://127.0.0.1:5000/")
+    assert run_url(server, "3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+    assert run_url(SimpleNamespace(uri="sqlite:////tmp/x/mlflow.db"), "3", "abc") is None
