@@ -66,8 +66,10 @@ def main() -> None:
     pruned_cfg = {"name": args.pruner, "startup_trials": 3} if args.pruner == "median" else {
         "name": "hyperband", "reduction_factor": 3}
     results = {}
+    # The unpruned study lives in its own folder whatever the pruner compared: running the bench
+    # again with the other pruner continues it (it is complete) instead of training it again.
     for label, pruner in (("pruned", pruned_cfg), ("unpruned", {"name": "none"})):
-        folder = bench_dir / label
+        folder = bench_dir / (f"pruned-{args.pruner}" if label == "pruned" else label)
         path = study_file(folder, pruner, args.scale, args.kimg, args.eval_kimg, args.seed)
         storage = f"sqlite:///{folder / 'optuna.db'}"
         started = time.perf_counter()
