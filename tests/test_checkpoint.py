@@ -77,8 +77,14 @@ train_run(smoke_config(), {run_dir!r}, Workspace.resolve({ws!r}),
 """
 
 
+@pytest.mark.slow
 def test_run_killed_with_sigkill_resumes_and_matches(workspace, tmp_path):
-    """A training process killed mid-run resumes from its checkpoint and ends bit-identical."""
+    """A training process killed mid-run resumes from its checkpoint and ends bit-identical.
+
+    Slow because the child process imports torch and open_clip (about 25 s of wall time on an
+    idle 2-core machine, 100 s under load); the default run checks the same resume logic in
+    process (tests/test_train.py::test_stopped_and_resumed_run_ends_with_the_uninterrupted_weights).
+    """
     sys.path.insert(0, str(Path(__file__).parent))
     from _train_smoke import smoke_config, tiny_clip
 
