@@ -104,6 +104,12 @@ class ConditionalStyle(nn.Module):
             )
 
     def forward(self, w: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        # Styles stay in float32 under autocast: they are tiny matmuls, and the lr-multiplied
+        # weights and the demodulation they feed lose too much in bfloat16's 8-bit mantissa.
+        with torch.autocast(w.device.type, enabled=False):
+            return self._style(w.float(), cond.float())
+
+    def _style(self, w: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         if self.form == "paper":
             return self.affine(torch.cat([self.style(w), self.cond(cond)], dim=1))
         if self.form == "official":
@@ -131,8 +137,12 @@ class MappingNetwork(nn.Module):
     def forward(
         self, z: torch.Tensor, truncation_psi: float = 1.0, update_w_avg: bool | None = None
     ) -> torch.Tensor:
-        """Return ws of shape (N, num_ws, w_dim); w_avg is updated while training."""
-        w = self.layers(normalize_2nd_moment(z.to(torch.float32)))
+        """Return ws of shape (N, num_ws, w_dim); w_avg is updated while training.
+
+        Runs in float32 even under autocast (small, and w feeds every style).
+        """
+        with torch.autocast(z.device.type, enabled=False):
+            w = self.layers(normalize_2nd_moment(z.to(torch.float32)))
         if update_w_avg if update_w_avg is not None else self.training:
             self.w_avg.copy_(w.detach().float().mean(dim=0).lerp(self.w_avg, W_AVG_BETA))
         ws = w.unsqueeze(1).expand(-1, self.num_ws, -1)
@@ -243,7 +253,9 @@ class SynthesisBlock(nn.Module):
             x = self.conv0(x, ws[:, 0], cond, noise_mode)
             x = self.conv1(x, ws[:, 1], cond, noise_mode)
         rgb = self.torgb(x, ws[:, self.num_conv], cond)
-        img = rgb if img is None else upsample2d(img).to(rgb.dtype) + rgb
+        # The skip image is accumulated in float32: 3 channels cost nothing, and bfloat16 sums
+        # over 7 resolutions would cost about one 8-bit grey level.
+        img = rgb.float() if img is None else upsample2d(img) + rgb.float()
         return x, img
 
 

@@ -72,11 +72,15 @@ def upfirdn2d(
         x = y
     x = F.pad(x, list(padding))
     per_dim_gain = math.sqrt(gain)
-    x = F.conv2d(x, _fir_kernel(x, taps, per_dim_gain, horizontal=True), stride=(1, down), groups=c)
-    x = F.conv2d(
-        x, _fir_kernel(x, taps, per_dim_gain, horizontal=False), stride=(down, 1), groups=c
-    )
-    return x
+    kernel_x = _fir_kernel(x, taps, per_dim_gain, horizontal=True)
+    kernel_y = _fir_kernel(x, taps, per_dim_gain, horizontal=False)
+    if down > 1 and x.dtype in (torch.bfloat16, torch.float16):
+        # oneDNN's strided depthwise conv is several times slower in bfloat16 (its backward
+        # above all) than a dense one followed by slicing, measured on this CPU.
+        x = F.conv2d(x, kernel_x, groups=c)[:, :, :, ::down]
+        return F.conv2d(x, kernel_y, groups=c)[:, :, ::down, :]
+    x = F.conv2d(x, kernel_x, stride=(1, down), groups=c)
+    return F.conv2d(x, kernel_y, stride=(down, 1), groups=c)
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
