@@ -42,7 +42,4 @@ def tiny_clip(seed: int = 0):
         vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=4, image_size=16),
         text_cfg=CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
     )
-    # A 1-element logit scale instead of a 0-d one: ClipEncoder's weight hash views every tensor
-    # as bytes, which a 0-d tensor refuses (the encoders never read the scale).
-    model.logit_scale = torch.nn.Parameter(model.logit_scale.detach().reshape(1))
     return ClipEncoder(model, SimpleTokenizer(context_length=16), name="tiny-test-clip")
