@@ -12,7 +12,7 @@ The world's CLIP is used when the workspace has it; otherwise a randomly initial
 same architecture stands in (the logging cost does not depend on what CLIP has learned).
 Evaluation is off in both arms: it is the same work with or without tracking.
 
-    python bench/bench_tracking.py [--kimg 2] [--repeats 3] [--log-every 20]
+    python bench/bench_tracking.py [--kimg 2] [--repeats 3] [--log-every 20] [--n-train 1000]
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--log-every", type=int, default=None,
                         help="steps per logged loss window (default: the mini scale's)")
+    parser.add_argument("--n-train", type=int, default=1000,
+                        help="world training images (the mini scale's 4000 only lengthen set-up)")
     parser.add_argument("--home", default=None, help="workspace (default: a temporary one)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     args = parser.parse_args()
@@ -68,7 +70,8 @@ def main() -> None:
     from lafite.tracking import FINISHED, Tracker
 
     spec = spec_mod.find(str(REPO / "experiments" / "table5.yaml"))
-    overrides = {"train.kimg": args.kimg, "train.checkpoint_kimg": args.kimg / 2}
+    overrides = {"train.kimg": args.kimg, "train.checkpoint_kimg": args.kimg / 2,
+                 "world.n_train": args.n_train, "world.n_test": 100}
     if args.log_every:
         overrides["train.log_every"] = args.log_every
     cfg = spec.resolve(spec.row("LAFITE_G +L_ConG +L_ConD"), "mini").override(overrides)

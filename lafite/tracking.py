@@ -18,6 +18,7 @@ depends on a process-wide tracking URI.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import platform
 import queue
@@ -85,6 +86,10 @@ class Tracker:
     def __init__(self, workspace: Workspace, tracking_uri: str | None = None) -> None:
         self.workspace = workspace
         self.uri = default_uri(workspace, tracking_uri)
+        # A new sqlite store announces its schema migrations at INFO on stderr: noise in every
+        # first `run` of a workspace, so only warnings pass.
+        for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         self.client = MlflowClient(tracking_uri=self.uri)
         self._experiments: dict[str, str] = {}
 
