@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--kimg", type=float, default=None, help="override train.kimg")
     parser.add_argument("--eval-kimg", type=float, default=None, help="override train.eval_kimg")
-    parser.add_argument("--pruner", default="median", choices=["median", "hyperband"])
+    parser.add_argument("--pruner", default="hyperband", choices=["median", "hyperband"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
