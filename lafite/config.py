@@ -27,6 +27,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
+from functools import cache
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from lafite.errors import ConfigError
@@ -335,8 +336,14 @@ def _set(obj: Any, dotted: str, value: Any, where: str, prefix: str = "") -> Any
         for key, sub_value in _flatten(value).items():
             sub = _set(sub, key, sub_value, where, f"{prefix}{head}.")
         return replace(obj, **{attr: sub})
-    hint = get_type_hints(type(obj))[attr]
+    hint = _field_types(type(obj))[attr]
     return replace(obj, **{attr: _coerce(value, hint, full, where)})
+
+
+@cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """Resolved field annotations; cached because resolving them dominates spec loading."""
+    return get_type_hints(cls)
 
 
 def _coerce(value: Any, hint: Any, dotted: str, where: str) -> Any:
