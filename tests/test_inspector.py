@@ -92,3 +92,15 @@ def test_missing_or_corrupt_weights_are_user_errors(workspace, tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(UserError, match="bad.pt"):
         load_inspector_file(bad)
+
+
+@pytest.mark.slow
+def test_default_inspector_meets_the_accuracy_targets(workspace):
+    """The brief's bar on held-out images at 32 px (minutes: run with -m slow)."""
+    model = load_inspector_file(train_inspector(workspace, 32, progress=False))
+    for domain in ("scenes", "objects"):
+        accuracy = inspector_accuracy(model, World(domain, "test", 32, size=1000))
+        assert accuracy["background"] >= 0.95
+        assert accuracy["main_colour"] >= 0.95
+        assert accuracy["main_shape"] >= 0.95
+        assert accuracy["main_position"] >= 0.90
