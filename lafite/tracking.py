@@ -17,6 +17,8 @@ depends on a process-wide tracking URI.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import logging
 import os
@@ -25,7 +27,7 @@ import queue
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -90,17 +92,38 @@ class Tracker:
         # first `run` of a workspace, so only warnings pass.
         for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        self.client = MlflowClient(tracking_uri=self.uri)
         self._experiments: dict[str, str] = {}
+        with self._serialised():  # a new sqlite store is migrated when the client opens it
+            self.client = MlflowClient(tracking_uri=self.uri)
+            if self.is_local:
+                self.client.search_experiments(max_results=1)
 
     @property
     def is_local(self) -> bool:
         return self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
 
+    @contextlib.contextmanager
+    def _serialised(self) -> Iterator[None]:
+        """One process at a time for find-or-create steps (store schema, parent run).
+
+        Two ``run`` processes starting together on a fresh sqlite store would both run MLflow's
+        schema migrations (one fails), and both could create a parent run. A file lock in the
+        workspace serialises them; processes on other machines share a server, not the lock,
+        and at worst create a second parent run.
+        """
+        path = self.workspace.locks_dir / "tracking.lock"
+        with open(path, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def check(self) -> None:
         """Fail early with one message if the store cannot be reached."""
         try:
-            self.client.search_experiments(max_results=1)
+            with self._serialised():
+                self.client.search_experiments(max_results=1)
         except Exception as exc:  # any transport or schema error means "cannot use this store"
             raise UserError(
                 f"cannot reach the MLflow tracking store {self.uri!r}: {str(exc).splitlines()[0]}. "
@@ -154,6 +177,10 @@ class Tracker:
 
     def parent_run(self, spec_id: str, scale: str) -> str:
         """The id of the parent run of (spec, scale), created on first use."""
+        with self._serialised():
+            return self._parent_run(spec_id, scale)
+
+    def _parent_run(self, spec_id: str, scale: str) -> str:
         exp_id = self.experiment_id(spec_id)
         assert exp_id is not None
         existing = self._search(
