@@ -74,6 +74,8 @@ def _unknown_key(tmp_path: Path) -> tuple[list[str], str]:
         lambda tmp: (["run", "table5", "--scale", "huge"], r"'huge' is not one of 'smoke', 'mini', 'paper'"),
         lambda tmp: (["run", "table5", "--rows", "LAFITE_X"], r"unknown row\(s\) 'LAFITE_X'. Valid rows"),
         lambda tmp: (["run", "table5", "--seeds", "0"], r"Invalid value for '--seeds'"),
+        lambda tmp: (["run", "table5", "--set", "train.kimg=fast"], r"--set: 'train.kimg' must be a number"),
+        lambda tmp: (["generate", "--run", "x"], r"give at least one --caption TEXT or an --image PATH"),
         _bad_yaml,
         _unknown_key,
         lambda tmp: (
@@ -81,8 +83,8 @@ def _unknown_key(tmp_path: Path) -> tuple[list[str], str]:
             r"dataset 'coco2014' needs data.data_root",
         ),
     ],
-    ids=["unknown-table", "bad-scale", "unknown-row", "bad-seeds", "yaml-syntax", "unknown-key",
-         "missing-dataset"],
+    ids=["unknown-table", "bad-scale", "unknown-row", "bad-seeds", "bad-set", "generate-nothing",
+         "yaml-syntax", "unknown-key", "missing-dataset"],
 )
 def test_bad_input_exits_2_with_one_message_and_records_nothing(workspace, tmp_path, case):
     import re
