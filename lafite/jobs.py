@@ -266,6 +266,7 @@ def _build_inspector(job: Job, workspace: Workspace, folder: Path, progress: boo
 
 def _build_inference_model(job: Job, workspace: Workspace, folder: Path, progress: bool) -> Path:
     """Eq. 2's inference model, fitted on CLIP features of the job's paired data."""
+    import numpy as np
     import torch
 
     from lafite.clip import FeatureCache, load_clip
@@ -277,13 +278,14 @@ def _build_inference_model(job: Job, workspace: Workspace, folder: Path, progres
     dataset = open_dataset(cfg, "train", workspace)
     encoder = load_clip(cfg.clip, workspace, cfg.data.resolution)
     cache = FeatureCache(workspace)
-    image_feats = torch.as_tensor(cache.image_features(dataset, encoder))
+    # The cache hands out read-only memmaps; training wants its own writable copies.
+    image_feats = torch.from_numpy(np.array(cache.image_features(dataset, encoder)))
     text_feats, offsets = cache.text_features(dataset, encoder)
     counts = torch.as_tensor(offsets[1:] - offsets[:-1]).long()
     # One pair per caption: repeat each image's feature for each of its captions.
     paired_images = torch.repeat_interleave(image_feats, counts, dim=0)
     model, summary = train_inference_model(
-        paired_images, torch.as_tensor(text_feats), progress=progress, **job.settings
+        paired_images, torch.from_numpy(np.array(text_feats)), progress=progress, **job.settings
     )
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
     return save_inference_model(model, folder / "inference_model.pt")
