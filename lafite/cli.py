@@ -410,16 +410,34 @@ def generate(ctx: click.Context, run_ref: str, captions: tuple[str, ...], image:
 @main.command()
 @click.option("--run", "run_ref", required=True, metavar="RUN",
               help="MLflow run id, run folder or checkpoint file.")
+@click.option("--metric", "metric_names", multiple=True, metavar="NAME",
+              help="Score only these metrics (repeat; default: the run's eval.metrics).")
 @click.option("--tracking-uri", metavar="URI", default=None)
 @click.pass_context
-def evaluate(ctx: click.Context, run_ref: str, tracking_uri: str | None) -> None:
-    """Score a trained generator with its run's evaluation settings; prints JSON."""
+def evaluate(ctx: click.Context, run_ref: str, metric_names: tuple[str, ...],
+             tracking_uri: str | None) -> None:
+    """Score a trained generator with its run's evaluation settings; prints JSON.
+
+    Given an MLflow run id, the scores are also logged to that run.
+    """
+    from lafite.metrics import metric_info
     from lafite.metrics.evaluate import evaluate_generator
     from lafite.train import load_generator
 
+    for name in metric_names:
+        metric_info(name, where="--metric")
     checkpoint = _checkpoint(ctx, run_ref, tracking_uri)
     g_ema, cfg = load_generator(checkpoint)
-    result = evaluate_generator(cfg, g_ema, _workspace(ctx), progress=True)
+    if metric_names:
+        cfg = cfg.override({"eval.metrics": list(metric_names)}, where="--metric")
+    workspace = _workspace(ctx)
+    result = evaluate_generator(cfg, g_ema, workspace, progress=True)
+    if not Path(run_ref).exists():
+        from lafite.tracking import Tracker
+
+        Tracker(workspace, tracking_uri).log_evaluation(
+            run_ref, cfg.train.kimg, result.for_tracking(), result.to_dict()
+        )
     click.echo(json.dumps(result.to_dict(), indent=2, default=str))
 
 

@@ -296,6 +296,32 @@ class Tracker:
         columns = ["run_id", "row", "seed", "scale", "config_hash", "status"]
         return pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=columns)
 
+    def log_evaluation(
+        self, run_id: str, kimg: float, metrics: Mapping[str, Any], result: Mapping[str, Any]
+    ) -> None:
+        """Add an evaluation made after training (``lafite-repro evaluate``) to a finished run.
+
+        The values go in at step ``kimg*1000`` like the periodic evaluations, the full result
+        (not-computed reasons, labels) as a JSON artifact beside theirs.
+        """
+        import json
+
+        step = int(round(kimg * 1000))
+        now = int(time.time() * 1000)
+        batch = []
+        for key, value in metrics.items():
+            try:
+                batch.append(Metric(key, float(value), now, step))
+            except (TypeError, ValueError):
+                continue
+        skipped = result.get("not_computed") or {}
+        tags = [RunTag(f"lafite.not_computed.{k}", str(v)[:500]) for k, v in skipped.items()]
+        self.client.log_batch(run_id, metrics=batch, tags=tags)
+        self.client.log_text(
+            run_id, json.dumps(dict(result), indent=2, default=str),
+            f"evaluation/cli_kimg_{kimg:010.3f}_{now}.json",
+        )
+
     def run_checkpoint(self, run_ref: str) -> Path:
         """The final checkpoint of a run named by its MLflow run id."""
         try:

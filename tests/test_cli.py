@@ -76,6 +76,8 @@ def _unknown_key(tmp_path: Path) -> tuple[list[str], str]:
         lambda tmp: (["run", "table5", "--seeds", "0"], r"Invalid value for '--seeds'"),
         lambda tmp: (["run", "table5", "--set", "train.kimg=fast"], r"--set: 'train.kimg' must be a number"),
         lambda tmp: (["generate", "--run", "x"], r"give at least one --caption TEXT or an --image PATH"),
+        lambda tmp: (["evaluate", "--run", "x", "--metric", "FID-3"],
+                     r"--metric: unknown metric 'FID-3'. Known metrics: IS, FID"),
         _bad_yaml,
         _unknown_key,
         lambda tmp: (
@@ -84,6 +86,7 @@ def _unknown_key(tmp_path: Path) -> tuple[list[str], str]:
         ),
     ],
     ids=["unknown-table", "bad-scale", "unknown-row", "bad-seeds", "bad-set", "generate-nothing",
+         "unknown-metric",
          "yaml-syntax", "unknown-key", "missing-dataset"],
 )
 def test_bad_input_exits_2_with_one_message_and_records_nothing(workspace, tmp_path, case):
@@ -96,6 +99,22 @@ def test_bad_input_exits_2_with_one_message_and_records_nothing(workspace, tmp_p
     assert "Traceback" not in result.output
     assert not (workspace.root / "mlflow.db").exists()  # nothing recorded half-way
     assert not (workspace.root / "runs").exists()
+
+
+def test_evaluate_and_generate_name_a_missing_run_or_checkpoint(workspace):
+    from lafite.tracking import Tracker
+
+    missing = CliRunner().invoke(main, ["evaluate", "--run", "0123456789abcdef"])
+    assert missing.exit_code == 2, missing.output
+    assert "--run '0123456789abcdef': no such MLflow run" in missing.output
+
+    tracker = Tracker(workspace)
+    unfinished = tracker.client.create_run(tracker.experiment_id("table5")).info.run_id
+    for command in (["evaluate"], ["generate", "--caption", "a red circle"]):
+        result = CliRunner().invoke(main, [*command, "--run", unfinished])
+        assert result.exit_code == 2, result.output
+        assert "this run has no final checkpoint" in result.output
+        assert "Traceback" not in result.output
 
 
 def test_console_script_error_is_one_line_without_traceback(workspace):
@@ -345,3 +364,36 @@ def test_runs_recorded_on_a_real_mlflow_server_are_found_through_its_rest_api(sm
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_evaluate_logs_to_the_run_and_generate_draws_a_grid(smoke_home, tmp_path):
+    trained = _cli(smoke_home, "run", "table5", "--scale", "smoke", "--rows", "LAFITE_G", "-q")
+    assert trained.returncode == 0, trained.stderr
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(_store(smoke_home).uri)
+    exp = client.get_experiment_by_name("table5")
+    (child,) = [r for r in client.search_runs([exp.experiment_id])
+                if r.data.tags.get("lafite.role") == "child"]
+    run_id = child.info.run_id
+    before = len(client.get_metric_history(run_id, "caption-accuracy"))
+
+    scored = _cli(smoke_home, "evaluate", "--run", run_id, "--metric", "IS",
+                  "--metric", "caption-accuracy")
+    assert scored.returncode == 0, scored.stderr
+    printed = json.loads(scored.stdout[scored.stdout.index("{"):])
+    assert set(printed["metrics"]) >= {"IS", "caption-accuracy"}
+    assert "FID-0" not in printed["metrics"]
+    history = client.get_metric_history(run_id, "caption-accuracy")
+    assert len(history) == before + 1
+    assert history[-1].value == pytest.approx(printed["metrics"]["caption-accuracy"])
+
+    grid = tmp_path / "grid.png"
+    drawn = _cli(smoke_home, "generate", "--run", run_id, "--caption", "a large red circle",
+                 "--caption", "two small blue squares", "--n", "4", "--out", str(grid))
+    assert drawn.returncode == 0, drawn.stderr
+    from PIL import Image
+
+    with Image.open(grid) as image:
+        assert image.width >= 4 * 16 and image.height >= 2 * 16
