@@ -241,6 +241,26 @@ def test_smoke_table_is_recorded_and_a_second_run_trains_nothing(smoke_home):
         set(r.data.tags["lafite.row"] for r in children)
     )
 
+    # The report of what was just run: all 8 rows with the paper's and the reproduced numbers.
+    out = smoke_home / "report"
+    reported = _cli(smoke_home, "report", "table5", "--out", str(out))
+    assert reported.returncode == 0, reported.stderr
+    page = (out / "table5.html").read_text()
+    import html
+    import re
+
+    from lafite.spec import find
+
+    spec = find("table5")
+    rows = re.findall(r'<tr class="[^"]*" data-row="([^"]+)">(.*?)</tr>',
+                      page.split('<table class="results">')[1].split("</table>")[0], flags=re.S)
+    assert [html.unescape(name) for name, _ in rows] == [r.name for r in spec.rows]
+    for row, (_, cells) in zip(spec.rows, rows):
+        text = html.unescape(re.sub(r"<[^>]+>", " ", cells))
+        for number in row.paper.values():
+            assert f"{number:.2f}" in text, row.name
+        assert "not run" not in text and text.count(" n=1") >= 4, (row.name, text)
+
     started = time.perf_counter()
     again = _cli(smoke_home, "run", "table5", "--scale", "smoke", "--quiet")
     seconds = time.perf_counter() - started
