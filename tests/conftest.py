@@ -16,3 +16,14 @@ def workspace(tmp_path, monkeypatch):
     home = tmp_path / "ws"
     monkeypatch.setenv("LAFITE_HOME", str(home))
     return Workspace.resolve(home)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one torch thread avoids OpenMP spin contention on a loaded 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

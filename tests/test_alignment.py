@@ -16,13 +16,7 @@ from lafite.metrics import DIAGNOSTIC_LABEL, METRICS
 from lafite.metrics.alignment import CandidatePool, clip_score, is_training_clip, r_precision
 from lafite.metrics.evaluate import EvaluationResult, evaluate_generator, requested_metrics
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def unit(n: int, dim: int, seed: int) -> torch.Tensor:

@@ -73,13 +73,7 @@ class ColourClasses(nn.Module):
         return 30.0 * F.one_hot(cls, self.n_classes).float()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions: thread start-up costs more than it saves on a loaded 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def world_images(domain: str, split: str, n: int, start: int = 0, resolution: int = 16):

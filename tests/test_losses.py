@@ -24,13 +24,7 @@ B = [[0.9, 0.1, 0.0], [0.0, 1.0, 0.5], [-0.3, 0.2, 1.0]]
 TAU = 0.5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin contention on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cos(u, v):
