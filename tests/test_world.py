@@ -157,3 +157,16 @@ def test_materialise_is_idempotent(tmp_path):
     bigger = World("scenes", "test", 16, size=14)
     materialise(bigger, out)
     assert len(list(out.glob("*.png"))) == 14 and is_materialised(bigger, out)
+
+
+def test_web_captions_always_name_the_main_objects_colour_and_shape():
+    """Noisy in form, informative in content: otherwise retrieval among 100 is capped (~75%)."""
+    from lafite.data.world import _COLOUR_SYNONYMS, SHAPE_WORDS, World
+
+    web = World("web", "test", resolution=16, size=300)
+    for index in range(len(web)):
+        main = web.truth(index).main
+        (caption,) = web.captions(index)
+        text = caption.lower()
+        assert any(word in text for word in _COLOUR_SYNONYMS[main.colour]), caption
+        assert any(word in text for word in SHAPE_WORDS[main.shape]), caption
