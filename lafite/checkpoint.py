@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from lafite.atomic import atomic_write
 from lafite.errors import UserError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -26,19 +26,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 def save_atomic(state: dict[str, Any], path: Path) -> Path:
     """Write ``state`` to ``path`` so that a reader sees either the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    path = atomic_write(path, lambda handle: torch.save(state, handle))
     # The rename is durable only once the folder entry is on disk.
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)

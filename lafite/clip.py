@@ -18,7 +18,6 @@ import math
 import os
 import socket
 import sys
-import tempfile
 import time
 import uuid
 import warnings
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from lafite.atomic import atomic_write
 from lafite.config import ClipConfig
 from lafite.errors import UserError
 from lafite.workspace import Workspace
@@ -578,7 +578,7 @@ def pretrain_world_clip(
         "torch_threads": torch.get_num_threads(),
         "metrics": metrics,
     }
-    _atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2))
+    atomic_write(folder / "meta.json", lambda handle: handle.write(json.dumps(meta, indent=2).encode()))
     _say(progress, f"world CLIP r{resolution}: trained in {train_seconds:.0f}s -> {folder}")
     return folder
 
@@ -750,7 +750,7 @@ class FeatureCache:
             batch = torch.stack([torch.as_tensor(dataset[i]) for i in range(start, stop)])
             boxes = _crop_boxes(rng, len(batch), batch.shape[-2], batch.shape[-1], real_crop)
             features[start:stop] = encoder.encode_cropped(batch, boxes).cpu().numpy()
-        _atomic_save(path, features)
+        atomic_write(path, lambda handle: np.save(handle, features))
         return np.load(path, mmap_mode="r")
 
     def text_features(self, dataset: ImageTextDataset, encoder: ClipEncoder) -> tuple[np.ndarray, np.ndarray]:
@@ -774,8 +774,8 @@ class FeatureCache:
         flat = [c for caps in caption_lists for c in caps]
         features = encoder.encode_texts(flat).cpu().numpy().astype(np.float32, copy=False)
         # Features first: a valid offsets file then always describes a complete features file.
-        _atomic_save(features_path, features)
-        _atomic_save(offsets_path, new_offsets)
+        atomic_write(features_path, lambda handle: np.save(handle, features))
+        atomic_write(offsets_path, lambda handle: np.save(handle, new_offsets))
         return np.load(features_path, mmap_mode="r"), new_offsets
 
 
@@ -809,26 +809,6 @@ def _read_array(path: Path, shape: tuple[int, ...], dtype: Any = np.float32) -> 
     except Exception as err:  # noqa: BLE001 - any unreadable cache file is recomputed
         warnings.warn(f"Feature cache {path} is corrupt ({err}); recomputing it.", stacklevel=3)
         return None
-
-
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 __all__ = [

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lafite.atomic import atomic_write
 from lafite.data.world import (
     BACKGROUNDS,
     COLOURS,
@@ -500,10 +501,7 @@ def save_inspector(model: Inspector, path: str | os.PathLike) -> Path:
         "inspector_version": INSPECTOR_VERSION,
         "metrics": dict(model.metrics),
     }
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def _config_to_plain(config: InspectorConfig) -> dict:
