@@ -6,9 +6,15 @@ import pytest
 import torch
 
 from lafite.data.inspector import (
+    IGNORE,
     MAIN_CLASSES,
     Inspector,
     InspectorConfig,
+    _labels,
+    _loss,
+    _with_negatives,
+    clutter_false_positives,
+    clutter_images,
     inspector_accuracy,
     load_inspector,
     load_inspector_file,
@@ -104,3 +110,32 @@ def test_default_inspector_meets_the_accuracy_targets(workspace):
         assert accuracy["main_colour"] >= 0.95
         assert accuracy["main_shape"] >= 0.95
         assert accuracy["main_position"] >= 0.90
+        clutter = clutter_false_positives(model, 32)
+        assert clutter["clutter/any_shape_rate"] <= 0.05
+        assert clutter["clutter/any_region_rate"] <= 0.05
+
+
+def test_clutter_negatives_are_labelled_empty_and_ignored_elsewhere():
+    gen = torch.Generator().manual_seed(0)
+    images = clutter_images(6, 16, gen)
+    assert images.shape == (6, 3, 16, 16)
+    assert images.min() >= -1 and images.max() <= 1
+    truths, _ = World("scenes", "train", 16, size=4).scenes_and_images(range(4))
+    labels = _with_negatives(_labels(truths), 3)
+    assert labels["shapes_present"].shape == (7, 6)
+    assert labels["shapes_present"][4:].sum() == 0 and labels["region_present"][4:].sum() == 0
+    assert labels["shapes_present"][:4].sum(1).min() >= 1
+    assert (labels["main_shape"][4:] == IGNORE).all() and (labels["main_shape"][:4] >= 0).all()
+    assert (labels["region_shape"][4:] == IGNORE).all()
+    # The negatives change the presence terms only: given the presence outputs and targets of
+    # the real images again, the loss is that of the real images alone.
+    torch.manual_seed(0)
+    model = Inspector(16, TINY)
+    out = model(torch.cat([torch.rand(4, 3, 16, 16) * 2 - 1, images[:4]]))
+    real_only = _loss({k: v[:4] for k, v in out.items()}, _labels(truths))
+    labels = _with_negatives(_labels(truths), 4)
+    presence = ("region_present", "shapes_present")
+    for name in presence:
+        labels[name][4:] = labels[name][:4]
+    repeated = {k: v[[0, 1, 2, 3] * 2] if k in presence else v for k, v in out.items()}
+    assert torch.allclose(_loss(repeated, labels), real_only, atol=1e-5)

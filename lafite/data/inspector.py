@@ -89,6 +89,10 @@ class InspectorConfig:
     noise_std: float = 0.04
     brightness: float = 0.06
     channel_offset: float = 0.03
+    # Share of each batch that is object-free clutter (white noise, smooth random colour fields):
+    # taught "no object anywhere", so that the presence readings (SOA, caption accuracy) do not
+    # fire on the noise an untrained generator makes. Other readings ignore these images.
+    negative_fraction: float = 0.125
     eval_images: int = 600
 
 
@@ -253,6 +257,37 @@ def _joint_log_probs(shape_logits: torch.Tensor, colour_logits: torch.Tensor) ->
 # -- labels and loss -----------------------------------------------------------------------------
 
 
+IGNORE = -100
+
+
+def _with_negatives(
+    labels: dict[str, torch.Tensor], n_negatives: int
+) -> dict[str, torch.Tensor]:
+    """Labels extended by ``n_negatives`` object-free images: nothing present, nothing else known."""
+    out = {}
+    for name, value in labels.items():
+        extra_shape = (n_negatives, *value.shape[1:])
+        if name in ("region_present", "shapes_present"):
+            extra = torch.zeros(extra_shape, dtype=value.dtype)
+        else:
+            extra = torch.full(extra_shape, IGNORE, dtype=value.dtype)
+        out[name] = torch.cat([value, extra])
+    return out
+
+
+def clutter_images(n: int, resolution: int, gen: torch.Generator) -> torch.Tensor:
+    """Object-free images in [-1, 1]: white noise, smooth random colour fields, or a blend.
+
+    They stand for what an untrained or collapsed generator makes; no world image looks like them.
+    """
+    grid = torch.randint(2, 9, (), generator=gen).item()
+    field = torch.rand(n, 3, grid, grid, generator=gen) * 2 - 1
+    smooth = F.interpolate(field, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    white = torch.randn(n, 3, resolution, resolution, generator=gen) * 0.6
+    blend = torch.rand(n, 1, 1, 1, generator=gen)
+    return (blend * smooth + (1 - blend) * white).clamp(-1, 1)
+
+
 def _labels(truths: Sequence[SceneTruth]) -> dict[str, torch.Tensor]:
     n, regions = len(truths), len(POSITIONS)
     labels = {
@@ -286,8 +321,9 @@ def _labels(truths: Sequence[SceneTruth]) -> dict[str, torch.Tensor]:
 
 
 def _loss(out: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    # Object-free negatives carry IGNORE in these heads (they have no background or main object).
     loss = sum(
-        F.cross_entropy(out[name], labels[name])
+        F.cross_entropy(out[name], labels[name], ignore_index=IGNORE)
         for name in ("background", "main_shape", "main_colour", "main_size", "main_position")
     )
     loss = loss + F.binary_cross_entropy_with_logits(
@@ -412,6 +448,20 @@ def inspector_accuracy(
     return {name: totals[name] / counts[name] for name in totals if counts[name] > 0}
 
 
+def clutter_false_positives(
+    inspector: Inspector, resolution: int, seed: int = 0, n: int = 500
+) -> dict[str, float]:
+    """How often the inspector reads an object into object-free clutter (lower is better)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.cat([clutter_images(50, resolution, gen) for _ in range(n // 50)])
+    pixels = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    out = inspector._run(pixels)
+    return {
+        "clutter/any_shape_rate": float((out["shapes_present"] > 0).any(1).float().mean()),
+        "clutter/any_region_rate": float((out["region_present"] > 0).any(1).float().mean()),
+    }
+
+
 # -- training, caching, loading -----------------------------------------------------------------
 
 
@@ -471,8 +521,14 @@ def train_inspector(
     with _Progress(progress, f"training inspector ({resolution}px)", config.steps) as bar:
         for step in range(config.steps):
             truths, x = _batch(worlds, counts, step)
-            x = _augment(x, config, resolution, gen).to(device)
-            labels = {k: v.to(device) for k, v in _labels(truths).items()}
+            x = _augment(x, config, resolution, gen)
+            labels = _labels(truths)
+            n_negatives = int(round(config.negative_fraction * len(truths)))
+            if n_negatives:
+                x = torch.cat([x, clutter_images(n_negatives, resolution, gen)])
+                labels = _with_negatives(labels, n_negatives)
+            x = x.to(device)
+            labels = {k: v.to(device) for k, v in labels.items()}
             loss = _loss(model(x), labels)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -485,6 +541,7 @@ def train_inspector(
         held_out = World(domain, "test", resolution, seed=seed, size=config.eval_images)
         for name, value in inspector_accuracy(model, held_out).items():
             metrics[f"{domain}/{name}"] = value
+    metrics.update(clutter_false_positives(model, resolution, seed))
     model.metrics = metrics
     save_inspector(model, path)
     return path
