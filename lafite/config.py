@@ -122,6 +122,10 @@ class ModelConfig:
     cond_form: Literal["paper", "official", "scale-bias", "sum"] = "paper"
     # Width of the 2-layer condition MLP output (official 512).
     cond_dim: int = 512
+    # Learning-rate multiplier of the condition MLPs (official 0.01, as the mapping network; the
+    # paper does not say). Short runs need 1.0: at 0.01 the condition hardly reaches the images
+    # in the first thousands of steps.
+    cond_lr_mult: float = 0.01
     # Eq. 4 semantic term: "per-sample" <h_i, f_s(x_i)> (paper) or "batch-sum" (official).
     d_semantic: Literal["per-sample", "batch-sum"] = "per-sample"
     d_normalize_fs: bool = False

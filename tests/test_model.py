@@ -224,3 +224,32 @@ def test_parameter_counts_at_256_official_form():
     # RoBERTa-sized conditions (Table 6): the official counts as well.
     assert count_parameters(Generator(cfg, 256, 768)) == 50_897_826
     assert count_parameters(Discriminator(cfg, 256, 1024)) == 29_389_441
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_condition_mlp_learning_rate_multiplier(form):
+    """model.cond_lr_mult sets the multiplier of every condition MLP, and nothing else: the same
+    seed gives the same function, and a step moves the MLP's effective weights mult^2 as far
+    (equalised learning rate)."""
+    outputs, effective_steps = [], []
+    for mult in (0.01, 1.0):
+        torch.manual_seed(0)
+        G = Generator(small_cfg(cond_form=form, cond_lr_mult=mult), 16, COND)
+        mlps = [m for m in G.modules() if type(m).__name__ == "ConditionMLP"]
+        assert mlps and all(fc.weight_gain == pytest.approx(mult / fc.in_features**0.5)
+                            for mlp in mlps for fc in mlp)
+        others = [m for m in G.modules() if type(m).__name__ == "FullyConnected"
+                  and not any(m is fc for mlp in mlps for fc in mlp)]
+        assert all(m.weight_gain * m.in_features**0.5 in (1.0, 0.01) for m in others)
+        z = torch.randn(2, 32, generator=torch.Generator().manual_seed(3))
+        out = G(z, _cond(2, 1), noise_mode="const")
+        outputs.append(out)
+        out.square().mean().backward()
+        fc = mlps[0][0]
+        # An SGD step of lr on the stored weight moves the effective weight by lr * gain * grad
+        # (computed, not applied: the stored weights at mult 0.01 are ~100, too big for float32
+        # to show the step).
+        effective_steps.append(float((1e-3 * fc.weight.grad * fc.weight_gain).abs().sum()))
+    assert torch.allclose(outputs[0], outputs[1], atol=1e-4)
+    # Effective step scales with mult^2: 1.0 moves the condition MLP 10^4 times as far.
+    assert effective_steps[1] == pytest.approx(effective_steps[0] * 1e4, rel=1e-3)

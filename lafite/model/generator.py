@@ -64,38 +64,47 @@ def check_resolution(resolution: int, what: str = "data.resolution") -> int:
 class ConditionMLP(nn.Sequential):
     """The 2-layer FC network that maps the condition h' to a layer's condition code c."""
 
-    def __init__(self, cond_in: int, cond_out: int) -> None:
+    def __init__(self, cond_in: int, cond_out: int, lr_mult: float = COND_LR_MULT) -> None:
         hidden = (cond_in + cond_out) // 2
         super().__init__(
-            FullyConnected(cond_in, hidden, lr_mult=COND_LR_MULT, activation="lrelu"),
-            FullyConnected(hidden, cond_out, lr_mult=COND_LR_MULT, activation="lrelu"),
+            FullyConnected(cond_in, hidden, lr_mult=lr_mult, activation="lrelu"),
+            FullyConnected(hidden, cond_out, lr_mult=lr_mult, activation="lrelu"),
         )
 
 
 class ConditionalStyle(nn.Module):
     """One layer's conditional style u(w, h') in the chosen ``cond_form`` (module docstring)."""
 
-    def __init__(self, w_dim: int, cond_in: int, cond_dim: int, channels: int, form: str) -> None:
+    def __init__(
+        self,
+        w_dim: int,
+        cond_in: int,
+        cond_dim: int,
+        channels: int,
+        form: str,
+        cond_lr_mult: float = COND_LR_MULT,
+    ) -> None:
         super().__init__()
         self.form = form
+
         if form == "paper":
             self.style = FullyConnected(w_dim, channels, bias_init=1.0)
-            self.cond = ConditionMLP(cond_in, cond_dim)
+            self.cond = ConditionMLP(cond_in, cond_dim, cond_lr_mult)
             self.affine = FullyConnected(channels + cond_dim, channels, bias_init=1.0)
         elif form == "official":
-            self.cond = ConditionMLP(cond_in, cond_dim)
+            self.cond = ConditionMLP(cond_in, cond_dim, cond_lr_mult)
             self.affine = FullyConnected(cond_dim + w_dim, channels, bias_init=1.0)
         elif form == "scale-bias":
             self.style = FullyConnected(w_dim, channels, bias_init=1.0)
             self.scale = nn.Sequential(
-                ConditionMLP(cond_in, cond_dim), FullyConnected(cond_dim, channels, bias_init=1.0)
+                ConditionMLP(cond_in, cond_dim, cond_lr_mult), FullyConnected(cond_dim, channels, bias_init=1.0)
             )
             self.shift = nn.Sequential(
-                ConditionMLP(cond_in, cond_dim), FullyConnected(cond_dim, channels)
+                ConditionMLP(cond_in, cond_dim, cond_lr_mult), FullyConnected(cond_dim, channels)
             )
         elif form == "sum":
             self.style = FullyConnected(w_dim, channels, bias_init=1.0)
-            self.cond = ConditionMLP(cond_in, cond_dim)
+            self.cond = ConditionMLP(cond_in, cond_dim, cond_lr_mult)
             self.affine = FullyConnected(cond_dim, channels, bias_init=1.0)
         else:
             raise ConfigError(
@@ -168,7 +177,9 @@ class SynthesisLayer(nn.Module):
         super().__init__()
         self.up = up
         self.resolution = resolution
-        self.style = ConditionalStyle(w_dim, cond_in, cfg.cond_dim, in_channels, cfg.cond_form)
+        self.style = ConditionalStyle(
+            w_dim, cond_in, cfg.cond_dim, in_channels, cfg.cond_form, cfg.cond_lr_mult
+        )
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.noise_strength = nn.Parameter(torch.zeros([]))
@@ -196,7 +207,9 @@ class ToRGBLayer(nn.Module):
 
     def __init__(self, in_channels: int, *, w_dim: int, cond_in: int, cfg: ModelConfig) -> None:
         super().__init__()
-        self.style = ConditionalStyle(w_dim, cond_in, cfg.cond_dim, in_channels, cfg.cond_form)
+        self.style = ConditionalStyle(
+            w_dim, cond_in, cfg.cond_dim, in_channels, cfg.cond_form, cfg.cond_lr_mult
+        )
         self.weight = nn.Parameter(torch.randn(3, in_channels, 1, 1))
         self.bias = nn.Parameter(torch.zeros(3))
         self.weight_gain = 1.0 / math.sqrt(in_channels)
