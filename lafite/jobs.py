@@ -62,6 +62,9 @@ class Job:
     clip: dict[str, Any]
     # The configuration the job's data (and, for generators, its training run) is read from.
     config: RunConfig | None = None
+    # For the implicit jobs, the builder's own cache key (world CLIP or inspector: code version,
+    # network and training settings), so that a change there makes a new job, not a stale hit.
+    builder_key: str = ""
 
     @property
     def hash(self) -> str:
@@ -74,6 +77,7 @@ class Job:
                 "settings": self.settings,
                 "clip": self.clip,
                 "config": self.config.hash() if self.config else None,
+                **({"builder_key": self.builder_key} if self.builder_key else {}),
             },
             sort_keys=True,
             default=str,
@@ -187,11 +191,18 @@ def needed_jobs(cfg: RunConfig, definitions: dict[str, JobDefinition] | None = N
     """Every job a run needs before it can start, in build order (CLIP before its users)."""
     jobs: list[Job] = []
     clip = {"name": cfg.clip.name, "pretrained": cfg.clip.pretrained}
+    resolution = cfg.data.resolution
     if cfg.clip.name == "world":
-        seed = {"seed": getattr(cfg.clip, "world_seed", 0)}
-        jobs.append(Job("world-clip", "world-clip", "any", cfg.data.resolution, seed, clip))
+        from lafite.clip import world_clip_key
+
+        seed = cfg.clip.world_seed
+        jobs.append(Job("world-clip", "world-clip", "any", resolution, {"seed": seed}, clip,
+                        builder_key=world_clip_key(resolution, seed)))
     if cfg.eval.extractor == "inspector":
-        jobs.append(Job("inspector", "inspector", "any", cfg.data.resolution, {}, {}))
+        from lafite.data.inspector import inspector_key
+
+        jobs.append(Job("inspector", "inspector", "any", resolution, {}, {},
+                        builder_key=inspector_key(resolution)))
     for name in (cfg.perturb.nn_job, cfg.train.init_job):
         if name:
             jobs.append(resolve(name, cfg, definitions))
@@ -206,7 +217,8 @@ def artifact_path(job: Job, workspace: Workspace) -> Path | None:
     marker = job.folder(workspace) / "done.json"
     if not marker.is_file():
         return None
-    return Path(json.loads(marker.read_text())["artifact"])
+    artifact = Path(json.loads(marker.read_text())["artifact"])
+    return artifact if artifact.exists() else None  # deleted by hand: build it again
 
 
 def job_artifact(name: str, cfg: RunConfig, workspace: Workspace) -> Path:

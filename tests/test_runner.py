@@ -121,6 +121,25 @@ def test_job_is_built_once_under_a_lock(workspace, monkeypatch):
     assert calls == ["nn-web"]
     assert results[0] == results[1] and results[0].read_text() == "built"
     assert jobs_mod.artifact_path(job, workspace) == results[0]
+    # An artifact deleted by hand is no longer "built": the next ensure builds it again.
+    results[0].unlink()
+    assert jobs_mod.artifact_path(job, workspace) is None
+    jobs_mod.ensure(job, workspace)
+    assert calls == ["nn-web", "nn-web"]
+
+
+def test_implicit_jobs_change_with_their_builders_settings(monkeypatch):
+    """A new inspector or world-CLIP recipe (code version, network, training) is a new job."""
+    from lafite.data import inspector
+
+    spec = spec_mod.load(REPO / "experiments" / "table5.yaml")
+    cfg = spec.resolve(spec.row("LAFITE_G"), "smoke")
+    before = {j.kind: j.hash for j in jobs_mod.needed_jobs(cfg)}
+    assert set(before) == {"world-clip", "inspector"}
+    monkeypatch.setattr(inspector, "INSPECTOR_VERSION", "inspector-test-bump")
+    after = {j.kind: j.hash for j in jobs_mod.needed_jobs(cfg)}
+    assert after["inspector"] != before["inspector"]
+    assert after["world-clip"] == before["world-clip"]
 
 
 def test_preflight_names_the_missing_dataset(workspace, tmp_path):

@@ -465,6 +465,13 @@ def clutter_false_positives(
 # -- training, caching, loading -----------------------------------------------------------------
 
 
+def inspector_key(
+    resolution: int, seed: int = 0, config: InspectorConfig | None = None
+) -> str:
+    """12 hex digits naming a trained inspector: world and code versions, settings, seed."""
+    return _cache_key(resolution, seed, config or InspectorConfig())
+
+
 def _cache_key(resolution: int, seed: int, config: InspectorConfig) -> str:
     blob = json.dumps(
         {
