@@ -27,7 +27,7 @@ import queue
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -50,6 +50,7 @@ TAG_ROW = "lafite.row"
 TAG_SEED = "lafite.seed"
 TAG_HASH = "lafite.config_hash"
 TAG_GIT = "lafite.git_commit"
+TAG_HARDWARE = "lafite.hardware"
 TAG_CHECKPOINT = "lafite.final_checkpoint"
 TAG_RUN_DIR = "lafite.run_dir"
 TAG_PARENT = "mlflow.parentRunId"
@@ -267,12 +268,19 @@ class Tracker:
         return RunLogger(self.client, run_id)
 
     # -- reading, for report and tune -----------------------------------------------------------
-    def runs_frame(self, spec_id: str, scale: str | None = None, status: str = FINISHED) -> pd.DataFrame:
-        """Child runs of a spec as a DataFrame: one row per run; columns ``run_id``, ``row``,
-        ``seed``, ``scale``, ``config_hash``, ``status``, ``metrics.<name>``, ``params.<key>``."""
+    def runs_frame(
+        self, spec_id: str, scale: str | None = None, status: str | None = FINISHED
+    ) -> pd.DataFrame:
+        """Child runs of a spec as a DataFrame, one row per run (``status=None``: every status).
+
+        Columns: ``run_id``, ``row``, ``seed``, ``scale``, ``config_hash``, ``status``,
+        ``final_checkpoint``, ``start_time``, ``end_time`` (ms since the epoch), ``metrics.<name>``
+        (last values), ``params.<key>`` and ``tags.<key>`` (provenance, hardware, reasons).
+        """
+        columns = ["run_id", "row", "seed", "scale", "config_hash", "status"]
         exp_id = self.experiment_id(spec_id, create=False)
         if exp_id is None:
-            return pd.DataFrame(columns=["run_id", "row", "seed", "scale", "config_hash", "status"])
+            return pd.DataFrame(columns=columns)
         query = f"tags.`{TAG_ROLE}` = 'child'"
         if scale:
             query += f" and tags.`{TAG_SCALE}` = '{scale}'"
@@ -289,12 +297,24 @@ class Tracker:
                 "config_hash": tags.get(TAG_HASH, ""),
                 "status": run.info.status,
                 "final_checkpoint": tags.get(TAG_CHECKPOINT, ""),
+                "start_time": run.info.start_time,
+                "end_time": run.info.end_time,
             }
             entry.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
             entry.update({f"params.{k}": v for k, v in run.data.params.items()})
+            entry.update({f"tags.{k}": v for k, v in tags.items()})
             records.append(entry)
-        columns = ["run_id", "row", "seed", "scale", "config_hash", "status"]
         return pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=columns)
+
+    def metric_histories(self, run_ids: Iterable[str], keys: Iterable[str]) -> pd.DataFrame:
+        """Long frame ``run_id, key, kimg, value`` of the given metrics of the given runs."""
+        records = []
+        keys = list(keys)
+        for run_id in run_ids:
+            for key in keys:
+                for m in self.client.get_metric_history(run_id, key):
+                    records.append((run_id, key, m.step / 1000.0, m.value))
+        return pd.DataFrame.from_records(records, columns=["run_id", "key", "kimg", "value"])
 
     def log_evaluation(
         self, run_id: str, kimg: float, metrics: Mapping[str, Any], result: Mapping[str, Any]
@@ -441,14 +461,41 @@ class RunLogger:
 
 @functools.cache
 def provenance_tags() -> dict[str, str]:
-    """Git commit (with a ``-dirty`` mark) and package versions, tagged on every run."""
-    tags = {TAG_GIT: git_commit(), "lafite.python": platform.python_version()}
+    """Git commit (with a ``-dirty`` mark), package versions and hardware, tagged on every run."""
+    tags = {
+        TAG_GIT: git_commit(),
+        "lafite.python": platform.python_version(),
+        TAG_HARDWARE: hardware_description(),
+    }
     for package in _VERSIONED_PACKAGES:
         try:
             tags[f"lafite.version.{package}"] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
     return tags
+
+
+def hardware_description() -> str:
+    """The machine in one line: CPU model and core count, and the CUDA GPUs torch sees."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            for name in dict.fromkeys(names):
+                text += f"; {names.count(name)}x {name}"
+    except Exception:  # noqa: BLE001 - a broken CUDA setup must not stop tracking
+        pass
+    return text
 
 
 def git_commit() -> str:

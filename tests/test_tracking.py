@@ -6,6 +6,7 @@ keep apart by using one spec id (experiment) each.
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -59,6 +60,7 @@ def test_layout_params_tags_metrics_and_artifacts(tracker):
     assert tags[TAG_PARENT] == parent and tags[TAG_HASH] == cfg.hash()
     assert tags["lafite.row"] == "row a" and tags["lafite.scale"] == "smoke"
     assert tags["lafite.git_commit"] and tags["lafite.version.torch"]
+    assert f"{os.cpu_count()} cores" in tags["lafite.hardware"]
     params = run.data.params
     assert params["loss.lambda"] == "10.0" and params["loss.tau"] == "0.5"
     assert len(params["eval.inception_weights"]) == MAX_PARAM_CHARS  # truncated, not rejected
@@ -71,6 +73,15 @@ def test_layout_params_tags_metrics_and_artifacts(tracker):
     assert list(frame["row"]) == ["row a"]
     assert frame.loc[0, "metrics.FID-0"] == 30.0
     assert frame.loc[0, "final_checkpoint"] == "/somewhere/checkpoint.pt"
+    assert frame.loc[0, "tags.lafite.hardware"] == tags["lafite.hardware"]
+    assert frame.loc[0, "end_time"] >= frame.loc[0, "start_time"] > 0
+    history = tracker.metric_histories(frame["run_id"], ["G/loss"])
+    assert list(history["kimg"]) == [0.5, 1.0] and list(history["value"]) == [1.5, 1.25]
+    # status=None: every child run, whatever its state.
+    unfinished = _child(tracker, parent, cfg.override({"loss.tau": 0.25}))
+    unfinished.abandon()
+    assert list(tracker.runs_frame("tabletest")["row"]) == ["row a"]
+    assert sorted(tracker.runs_frame("tabletest", status=None)["status"]) == [FINISHED, "RUNNING"]
 
 
 def test_find_child_prefers_finished_and_resumes_same_run(tracker):

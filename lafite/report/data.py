@@ -1,14 +1,9 @@
 """What the report reads: finished runs of a spec from the tracking store, as pandas.
 
-Everything goes through :class:`lafite.tracking.Tracker` (the one module that imports mlflow).
-Three reads that the tracker does not offer as functions yet are made here through its public
-``client`` attribute, each in one place so that they can move into ``tracking.py``:
-
-- tags of every child run (provenance, hardware, not-computed reasons): one paged search per
-  spec, skipped when ``runs_frame`` already returns ``tags.*`` columns;
-- metric histories against kimg for the training curves (``get_metric_history``; steps are
-  images seen, so kimg = step / 1000, as :class:`lafite.tracking.RunLogger` logs them);
-- the MLflow UI address of a run, when the store is an http(s) tracking server.
+Everything goes through :class:`lafite.tracking.Tracker` (the one module that imports mlflow):
+child runs with their tags (``runs_frame``), metric histories against kimg for the training
+curves (``metric_histories``), and the MLflow UI address of a run when the store is an http(s)
+tracking server.
 
 Sample grids are read from the run folder on disk (``lafite.run_dir`` tag, else
 ``<workspace>/runs/<config hash>``), else from the local MLflow artifact folder.
@@ -19,12 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from lafite.spec import Spec
-from lafite.tracking import FINISHED, TAG_ROLE, Tracker
+from lafite.tracking import FINISHED, Tracker
 from lafite.workspace import Workspace
 
 # Training-loss keys drawn as curves beside the evaluation metrics (train.py logs
@@ -62,18 +56,8 @@ class SpecRuns:
 
 def load_spec_runs(tracker: Tracker, spec: Spec, scale: str | None = None) -> SpecRuns:
     """Finished runs of ``spec`` (at ``scale``, or every scale) with their tags, plus a count of
-    the runs that did not finish, from one search of the store.
-
-    ``Tracker.runs_frame`` has no ``tags.*`` columns (provenance, hardware, not-computed
-    reasons), so the frame is built here in its layout plus the tags, from one search through
-    the tracker's client: calling ``runs_frame`` as well would double the dominant cost of a
-    report (loading every run's params from the store). Once ``runs_frame`` returns tags, this
-    function can use it instead (see the report's integration notes).
-    """
-    experiment_id = tracker.experiment_id(spec.id, create=False)
-    if experiment_id is None:
-        return SpecRuns(spec, tracker.runs_frame(spec.id, scale, FINISHED), {}, None)
-    frame = _frame_with_tags(_child_runs(tracker, experiment_id, scale))
+    the runs that did not finish, from one search of the store."""
+    frame = tracker.runs_frame(spec.id, scale, status=None)
     unfinished: dict[str, dict[str, dict[str, int]]] = {}
     if len(frame):
         finished = frame[frame["status"] == FINISHED]
@@ -86,58 +70,12 @@ def load_spec_runs(tracker: Tracker, spec: Spec, scale: str | None = None) -> Sp
             status = str(run["status"]).lower()
             per_row[status] = per_row.get(status, 0) + 1
         frame = finished.reset_index(drop=True)
-    return SpecRuns(spec, frame, unfinished, experiment_id)
-
-
-def _frame_with_tags(runs: list[Any]) -> pd.DataFrame:
-    """``runs_frame``'s layout (run_id, row, seed, scale, config_hash, status, metrics.*,
-    params.*) plus ``tags.*``, ``start_time`` and ``end_time``."""
-    records = []
-    for run in runs:
-        tags = run.data.tags
-        entry: dict[str, Any] = {
-            "run_id": run.info.run_id,
-            "row": tags.get("lafite.row", ""),
-            "seed": int(tags.get("lafite.seed", "0")),
-            "scale": tags.get("lafite.scale", ""),
-            "config_hash": tags.get("lafite.config_hash", ""),
-            "status": run.info.status,
-            "final_checkpoint": tags.get("lafite.final_checkpoint", ""),
-            "start_time": run.info.start_time,
-            "end_time": run.info.end_time,
-        }
-        entry.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
-        entry.update({f"params.{k}": v for k, v in run.data.params.items()})
-        entry.update({f"tags.{k}": v for k, v in tags.items()})
-        records.append(entry)
-    columns = ["run_id", "row", "seed", "scale", "config_hash", "status"]
-    return pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=columns)
-
-
-def _child_runs(tracker: Tracker, experiment_id: str, scale: str | None) -> list[Any]:
-    query = f"tags.`{TAG_ROLE}` = 'child'"
-    if scale:
-        query += f" and tags.`lafite.scale` = '{scale}'"
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = tracker.client.search_runs([experiment_id], filter_string=query,
-                                          max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    return SpecRuns(spec, frame, unfinished, tracker.experiment_id(spec.id, create=False))
 
 
 def metric_histories(tracker: Tracker, run_ids: Iterable[str], keys: Iterable[str]) -> pd.DataFrame:
-    """Long frame ``run_id, key, kimg, value`` of the given metrics of the given runs."""
-    records = []
-    keys = list(keys)
-    for run_id in run_ids:
-        for key in keys:
-            for m in tracker.client.get_metric_history(run_id, key):
-                records.append((run_id, key, m.step / 1000.0, m.value))
-    return pd.DataFrame.from_records(records, columns=["run_id", "key", "kimg", "value"])
+    """Long frame ``run_id, key, kimg, value`` (steps are images seen: kimg = step / 1000)."""
+    return tracker.metric_histories(run_ids, keys)
 
 
 def run_url(tracker: Tracker, experiment_id: str | None, run_id: str) -> str | None:
