@@ -332,3 +332,24 @@ def test_rows_link_to_the_mlflow_ui_only_for_a_tracking_server():
     server = SimpleNamespace(uri="http://127.0.0.1:5000/")
     assert run_url(server, "3", "abc") == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
     assert run_url(SimpleNamespace(uri="sqlite:////tmp/x/mlflow.db"), "3", "abc") is None
+
+
+def test_runs_of_another_configuration_are_counted_not_averaged(workspace, table5):
+    """After the spec changes (or with run --set), older runs of a row stay in the store but do
+    not enter the row's numbers; the row says how many there are."""
+    from lafite.report.data import OTHER_CONFIGURATION, load_spec_runs
+    from lafite.tracking import FINISHED, Tracker
+
+    fill_store(workspace, table5, "mini", rows=["LAFITE_G"], value_of=lambda r, m, s: 1.0)
+    tracker = Tracker(workspace)
+    parent = tracker.parent_run(table5.id, "mini")
+    stale = tracker.start_child(table5.id, parent, row="LAFITE_G", scale="mini", seed=0,
+                                config_hash="0123456789ab", config={"train": {"seed": 0}},
+                                flat_params={"train.seed": 0})
+    stale.log_metrics(1.0, {"IS": 1000.0})
+    stale.close(FINISHED)
+    runs = load_spec_runs(tracker, table5, "mini")
+    assert len(runs.frame) == 1 and runs.frame.loc[0, "metrics.IS"] == 1.0
+    assert runs.unfinished["mini"]["LAFITE_G"] == {OTHER_CONFIGURATION: 1}
+    table = summarise(table5, runs.frame, "mini", runs.unfinished["mini"])
+    assert table.rows[0].cells["IS"].mean == 1.0 and table.rows[0].cells["IS"].n == 1

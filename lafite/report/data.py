@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from lafite.spec import Spec
+from lafite.spec import Spec, plan
 from lafite.tracking import FINISHED, Tracker
 from lafite.workspace import Workspace
 
@@ -54,23 +55,51 @@ class SpecRuns:
         return [s for s in order if s in present] + sorted(present - set(order))
 
 
+# How runs made with another configuration than the spec's (an older spec, or ``run --set``)
+# are counted beside a row: they are not averaged into it.
+OTHER_CONFIGURATION = "with another configuration (not shown)"
+
+
 def load_spec_runs(tracker: Tracker, spec: Spec, scale: str | None = None) -> SpecRuns:
-    """Finished runs of ``spec`` (at ``scale``, or every scale) with their tags, plus a count of
-    the runs that did not finish, from one search of the store."""
+    """Finished runs of ``spec`` (at ``scale``, or every scale) made with the spec's current
+    configuration of their row and seed, with their tags, plus counts of the other runs (not
+    finished, or made with another configuration), from one search of the store."""
     frame = tracker.runs_frame(spec.id, scale, status=None)
     unfinished: dict[str, dict[str, dict[str, int]]] = {}
+
+    def count(run: Any, status: str) -> None:
+        per_row = unfinished.setdefault(run["scale"], {}).setdefault(run["row"], {})
+        per_row[status] = per_row.get(status, 0) + 1
+
     if len(frame):
+        current = frame["config_hash"] == _current_hashes(spec, frame)
+        for _, run in frame[~current].iterrows():
+            count(run, OTHER_CONFIGURATION)
+        frame = frame[current]
         finished = frame[frame["status"] == FINISHED]
         done = set(zip(finished["scale"], finished["row"]))
         for _, run in frame[frame["status"] != FINISHED].iterrows():
             # A row being re-run while a finished run exists is not news; anything else is.
             if (run["scale"], run["row"]) in done and run["status"] == "RUNNING":
                 continue
-            per_row = unfinished.setdefault(run["scale"], {}).setdefault(run["row"], {})
-            status = str(run["status"]).lower()
-            per_row[status] = per_row.get(status, 0) + 1
+            count(run, str(run["status"]).lower())
         frame = finished.reset_index(drop=True)
     return SpecRuns(spec, frame, unfinished, tracker.experiment_id(spec.id, create=False))
+
+
+def _current_hashes(spec: Spec, frame: pd.DataFrame) -> pd.Series:
+    """The hash the spec gives each run's (scale, row, seed) now ("" where it has none)."""
+    wanted: dict[tuple[str, str, int], str] = {}
+    for scale, runs in frame.groupby("scale"):
+        if scale not in spec.scales:
+            continue
+        rows = sorted(set(runs["row"]) & {r.name for r in spec.trainable_rows})
+        if rows:
+            seeds = int(runs["seed"].max()) + 1
+            for planned in plan(spec, str(scale), seeds=seeds, rows=rows):
+                wanted[(str(scale), planned.row.name, planned.seed)] = planned.hash
+    keys = zip(frame["scale"].astype(str), frame["row"].astype(str), frame["seed"].astype(int))
+    return pd.Series([wanted.get(key, "") for key in keys], index=frame.index)
 
 
 def metric_histories(tracker: Tracker, run_ids: Iterable[str], keys: Iterable[str]) -> pd.DataFrame:
