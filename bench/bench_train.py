@@ -1,7 +1,8 @@
 """Training throughput of LAFITE on this machine, and how close it gets to the hardware.
 
-For the mini configuration (32 px) and the paper's 256x256 configuration (batch 4), in fp32 and
-in bf16 autocast with channels_last, it times the training code itself (``StepRunner`` phases of
+For Table 5's full LAFITE_G row as its spec resolves it at mini scale (32 px) and at paper scale
+(256x256, the official networks and losses, batch 4), in fp32 and in bf16 autocast with
+channels_last, it times the training code itself (``StepRunner`` phases of
 ``lafite.train``: G and D updates, R1 every ``loss.r1_interval`` steps amortised), counts the
 FLOPs of one iteration with ``torch.utils.flop_counter.FlopCounterMode`` and measures the
 machine's fp32 and bf16 3x3-convolution rates in the same run, so the achieved fraction of peak
@@ -27,34 +28,30 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, _FlopCounterMode
 
 from lafite import distributed as ddp
+from lafite import spec as spec_mod
 from lafite.config import RunConfig
 from lafite.model import Discriminator, Generator, count_parameters
 from lafite.train import StepRunner
 
 AUTHORS = {"gflop_per_iter": 4970.0, "gflops": 92.0, "img_per_s": 0.074}
 
-# Mini: the widths the 32 px world runs use here (a conditional StyleGAN2 small enough for a
-# 2-core CPU, with the world's 32 px CLIP architecture).
-MINI = {
-    "scale": "mini",
-    "data": {"dataset": "world", "resolution": 32},
-    "clip": {"name": "world"},
-    "model": {"z_dim": 128, "w_dim": 128, "mapping_layers": 2, "channel_base": 4096,
-              "channel_max": 128, "cond_dim": 128, "mbstd_group": 4},
-    "train": {"batch": 16},
-}
-PAPER = {
-    "scale": "paper",
-    "data": {"resolution": 256},
-    "clip": {"name": "ViT-B-32"},
-    "train": {"batch": 4},
-}
+# Both configurations are Table 5's full LAFITE_G row as its spec resolves it: the mini scale
+# (the world at 32 px) and the paper scale at batch 4 (the official networks and losses).
+SPEC = Path(__file__).resolve().parent.parent / "experiments" / "table5.yaml"
+ROW = "LAFITE_G +L_ConG +L_ConD"
+
+
+def spec_config(scale: str) -> RunConfig:
+    spec = spec_mod.load(SPEC)
+    cfg = spec.resolve(spec.row(ROW), scale)
+    return cfg.override({"train.batch": 4}) if scale == "paper" else cfg
 
 
 @dataclass
@@ -148,13 +145,11 @@ def _flop(fn: Callable[[], object]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def measure(name: str, base: dict, precision: str, iters: int, clip, with_pl: bool
+def measure(name: str, base: RunConfig, precision: str, iters: int, clip, with_pl: bool
             ) -> tuple[Measured, dict[str, int]]:
     overrides = {"train.precision": precision, "train.channels_last": precision == "bf16",
                  "train.device": "cpu"}
-    if with_pl:
-        overrides.update({"loss.pl_weight": 2.0, "loss.pl_interval": 4})
-    cfg = RunConfig.from_dict(base).override(overrides)
+    cfg = base.override(overrides)
     batch, res, dim = cfg.train.batch, cfg.data.resolution, clip.dim
     torch.manual_seed(0)
     G = Generator(cfg.model, res, dim)
@@ -213,14 +208,11 @@ def main() -> None:
     rates = {"fp32": conv_rate(torch.float32), "bf16": conv_rate(torch.bfloat16)}
     print(f"3x3 conv peak here (channels_last, 256ch 64x64 batch 4): fp32 {rates['fp32']:.0f} "
           f"GFLOP/s, bf16 {rates['bf16']:.0f} GFLOP/s")
-    configs = [("mini", MINI), ("paper", PAPER)]
-    if args.only:
-        configs = [c for c in configs if c[0] == args.only]
-    for name, base in configs:
-        clip = _clip_for(RunConfig.from_dict(base))
-        # The official code runs path length (weight 2, every 4 steps); our paper default is
-        # off. The paper configuration is measured with it so the comparison is like for like.
-        with_pl = name == "paper"
+    for name in [args.only] if args.only else ["mini", "paper"]:
+        base = spec_config(name)
+        clip = _clip_for(base)
+        # Path length as the spec has it (Table 5: weight 2 every 4 steps, as the official code).
+        with_pl = base.loss.pl_weight > 0
         for precision in ("fp32", "bf16"):
             m, sizes = measure(name, base, precision, args.iters, clip, with_pl)
             sec = m.sec_per_iter(with_pl)
@@ -235,7 +227,7 @@ def main() -> None:
                     f"{precision} conv rate; load {os.getloadavg()[0]:.2f}")
             print(line, flush=True)
             if name == "paper":
-                no_pl = m.sec_per_iter(False)
+                no_pl = m.sec_per_iter(False) if with_pl else sec
                 print(f"        without path length (the paper default): {m.batch / no_pl:.3f} "
                       f"img/s, {m.gflop_per_iter(False):.0f} GFLOP/iter")
                 print(f"        vs the authors' implementation (fp32, {AUTHORS['img_per_s']} "
