@@ -16,13 +16,11 @@ here only keeps two processes from training them at the same time.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ import yaml
 
 from lafite.config import RunConfig
 from lafite.errors import ConfigError, UserError
+from lafite.locks import exclusive
 from lafite.workspace import Workspace
 
 KINDS = ("world-clip", "inspector", "inference-model", "generator")
@@ -235,7 +234,7 @@ def ensure(job: Job, workspace: Workspace, progress: bool = True) -> Path:
     if found is not None:
         return found
     folder = job.folder(workspace)
-    with _exclusive(workspace.locks_dir / f"job-{job.name}-{job.hash}.lock"):
+    with exclusive(workspace.locks_dir / f"job-{job.name}-{job.hash}.lock"):
         found = artifact_path(job, workspace)  # built while we waited for the lock
         if found is not None:
             return found
@@ -250,18 +249,6 @@ def ensure(job: Job, workspace: Workspace, progress: bool = True) -> Path:
         tmp.write_text(json.dumps({"artifact": str(artifact)}))
         os.replace(tmp, folder / "done.json")
         return artifact
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """A blocking inter-process lock; the kernel drops it if the holder dies."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _build_world_clip(job: Job, workspace: Workspace, folder: Path, progress: bool) -> Path:

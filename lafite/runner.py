@@ -17,7 +17,6 @@ ones to finish (or to be abandoned, and then resumes them itself).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import socket
@@ -36,6 +35,7 @@ from rich.table import Table
 from lafite import jobs as jobs_mod
 from lafite.config import RunConfig
 from lafite.errors import UserError
+from lafite.locks import exclusive
 from lafite.spec import PlannedRun, Spec, plan
 from lafite.workspace import Workspace
 
@@ -185,18 +185,13 @@ class RunLock:
         Takeovers are serialised by a guard lock so that two processes that both judged the
         same lock stale cannot end with one deleting the fresh lock the other just made.
         """
-        guard = self.path.with_name(self.path.name + ".guard")
-        with open(guard, "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                if not self.path.exists():
-                    return True
-                if not self.is_stale(self.holder()):
-                    return False
-                self.path.unlink(missing_ok=True)
+        with exclusive(self.path.with_name(self.path.name + ".guard")):
+            if not self.path.exists():
                 return True
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+            if not self.is_stale(self.holder()):
+                return False
+            self.path.unlink(missing_ok=True)
+            return True
 
     def release(self) -> None:
         holder = self.holder()

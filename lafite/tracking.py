@@ -18,7 +18,6 @@ depends on a process-wide tracking URI.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import logging
 import os
@@ -40,6 +39,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lafite.errors import UserError
+from lafite.locks import exclusive
 from lafite.workspace import Workspace
 
 # Tag names; "lafite." keeps them apart from MLflow's own "mlflow." tags.
@@ -112,13 +112,8 @@ class Tracker:
         workspace serialises them; processes on other machines share a server, not the lock,
         and at worst create a second parent run.
         """
-        path = self.workspace.locks_dir / "tracking.lock"
-        with open(path, "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with exclusive(self.workspace.locks_dir / "tracking.lock"):
+            yield
 
     def check(self) -> None:
         """Fail early with one message if the store cannot be reached."""

@@ -39,7 +39,6 @@ This is the only module that imports optuna. Design choices, each for a reason:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -51,7 +50,7 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +62,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lafite.config import RunConfig
 from lafite.errors import ConfigError, UserError
+from lafite.locks import exclusive
 from lafite.workspace import Workspace
 
 STUDIES_FOLDER = "studies"
@@ -550,27 +550,6 @@ def _create_or_load(definition: StudyDefinition, scale: str,
     return study
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[Callable[[], None]]:
-    """An inter-process lock (fcntl; the kernel drops it if the holder dies) that the holder
-    may release early by calling the yielded function."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")
-    held = [True]
-    fcntl.flock(handle, fcntl.LOCK_EX)
-
-    def release() -> None:
-        if held[0]:
-            held[0] = False
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-    try:
-        yield release
-    finally:
-        release()
-        handle.close()
-
-
 # -- running -----------------------------------------------------------------------------------
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -689,7 +668,7 @@ def run_study(
     tracker.client.set_tag(parent_id, "lafite.optuna.storage", summary.storage)
     tracker.client.set_tag(parent_id, TAG_STUDY, definition.id)
 
-    with _file_lock(_lock_path(workspace, summary.study_name)):
+    with exclusive(_lock_path(workspace, summary.study_name)):
         _fail_stale(study)
         _close_dead_children(study, tracker, FAILED)
         requeued = _requeue_failed(study)
@@ -830,7 +809,7 @@ def work(args: WorkerArgs, console: Any = None) -> int:
     ran = 0
     consecutive_failures = 0
     while True:
-        with _file_lock(lock_path) as release:
+        with exclusive(lock_path) as release:
             _fail_stale(study)
             trials = study.get_trials(deepcopy=False)
             done = sum(t.state in COUNTED for t in trials)

@@ -469,10 +469,7 @@ def inspector_key(
     resolution: int, seed: int = 0, config: InspectorConfig | None = None
 ) -> str:
     """12 hex digits naming a trained inspector: world and code versions, settings, seed."""
-    return _cache_key(resolution, seed, config or InspectorConfig())
-
-
-def _cache_key(resolution: int, seed: int, config: InspectorConfig) -> str:
+    config = config or InspectorConfig()
     blob = json.dumps(
         {
             "world": WORLD_VERSION,
@@ -490,7 +487,7 @@ def inspector_path(
     workspace: Workspace, resolution: int, seed: int = 0, config: InspectorConfig | None = None
 ) -> Path:
     config = config or InspectorConfig()
-    key = _cache_key(resolution, seed, config)
+    key = inspector_key(resolution, seed, config)
     return workspace.models_dir / f"inspector-r{int(resolution)}-{key}.pt"
 
 
