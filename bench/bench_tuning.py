@@ -13,12 +13,17 @@ Usage (minutes per trial at mini scale on a laptop CPU; hours in all)::
 
     python bench/bench_tuning.py --home ./lafite-workspace --trials 12 --scale mini
     python bench/bench_tuning.py --kimg 12 --eval-kimg 2      # a shorter schedule per trial
+    python bench/bench_tuning.py --replay     # pruner candidates on the finished unpruned curves
+    # the two arms side by side, one thread each, then the comparison (both studies complete):
+    python bench/bench_tuning.py --only pruned --threads 1 & \
+    python bench/bench_tuning.py --only unpruned --threads 1; wait; python bench/bench_tuning.py
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -49,6 +54,65 @@ def study_file(folder: Path, pruner: dict, scale: str, kimg: float | None,
     return path
 
 
+def replay(storage: str, study_name: str, orders: int = 20) -> None:
+    """Replay a finished unpruned study's evaluation curves through candidate pruners.
+
+    Each completed trial's curve is fed, trial by trial, to a fresh in-memory study with the
+    pruner; a trial stops where the pruner says so. Prints each pruner's share of the evaluations
+    (the budget) and whether its best final value is within the unpruned top 3, in the study's
+    own trial order and over shuffled orders. It ignores the sampler's reaction to pruned trials,
+    so it estimates a pruner's behaviour on these curves; the real pruned study is the check.
+    """
+    import random
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    source = optuna.load_study(study_name=study_name, storage=storage)
+    curves = [dict(sorted(t.intermediate_values.items())) for t in source.trials
+              if t.state == optuna.trial.TrialState.COMPLETE and t.intermediate_values]
+    if len(curves) < 3:
+        raise SystemExit(f"{storage}: {len(curves)} complete trials with curves; need 3 or more")
+    steps = sorted(curves[0])
+    top3 = sorted(c[steps[-1]] for c in curves)[:3]
+    candidates = {
+        f"median, startup {k}": (lambda k=k: optuna.pruners.MedianPruner(n_startup_trials=k))
+        for k in (1, 2, 3, 4)
+    }
+    candidates.update({
+        f"hyperband, reduction {r}": (lambda r=r: optuna.pruners.HyperbandPruner(
+            min_resource=steps[0], max_resource=steps[-1], reduction_factor=r))
+        for r in (2, 3, 4)
+    })
+
+    def run(make: Callable[[], optuna.pruners.BasePruner], order: list[int]) -> tuple[float, bool]:
+        study = optuna.create_study(pruner=make())
+        spent = 0
+        for index in order:
+            trial = study.ask()
+            value = None
+            for step, value in curves[index].items():
+                spent += 1
+                trial.report(value, step)
+                if step < steps[-1] and trial.should_prune():
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    break
+            else:
+                study.tell(trial, value)
+        finals = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        return spent / (len(steps) * len(order)), min(finals) <= top3[-1]
+
+    print(f"{len(curves)} complete trials, {len(steps)} evaluations each; unpruned top 3: "
+          f"{', '.join(f'{v:.4g}' for v in top3)}")
+    shuffles = [random.Random(k).sample(range(len(curves)), len(curves)) for k in range(orders)]
+    for name, make in candidates.items():
+        budget, within = run(make, list(range(len(curves))))
+        shuffled = [run(make, order) for order in shuffles]
+        mean = sum(b for b, _ in shuffled) / len(shuffled)
+        print(f"{name:24s} study order: budget {budget:.2f}, best {'in' if within else 'NOT in'} "
+              f"top 3 | {orders} shuffled orders: budget mean {mean:.2f}, max "
+              f"{max(b for b, _ in shuffled):.2f}, best in top 3 {sum(w for _, w in shuffled)}/"
+              f"{orders}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", default=None, help="workspace (default $LAFITE_HOME)")
@@ -56,20 +120,40 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--kimg", type=float, default=None, help="override train.kimg")
     parser.add_argument("--eval-kimg", type=float, default=None, help="override train.eval_kimg")
-    parser.add_argument("--pruner", default="hyperband", choices=["median", "hyperband"])
+    parser.add_argument("--pruner", default=None, choices=["median", "hyperband"],
+                        help="pruner of the pruned arm (default: the shipped study's own)")
+    parser.add_argument("--startup-trials", type=int, default=2,
+                        help="median pruner: trials that are never pruned")
+    parser.add_argument("--reduction-factor", type=int, default=3, help="hyperband")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=["pruned", "unpruned"], default=None,
+                        help="run one arm (two processes, one per arm, share the CPU); a later "
+                             "run without --only finds both studies complete and compares them")
+    parser.add_argument("--replay", action="store_true",
+                        help="no training: replay the finished unpruned study's curves through "
+                             "candidate pruners and print their budgets")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     workspace = Workspace.resolve(args.home)
     bench_dir = workspace.root / "bench-tuning"
-    pruned_cfg = {"name": args.pruner, "startup_trials": 3} if args.pruner == "median" else {
-        "name": "hyperband", "reduction_factor": 3}
+    if args.replay:
+        replay(f"sqlite:///{bench_dir / 'unpruned' / 'optuna.db'}", f"xi-{args.scale}")
+        return
+    if args.pruner is None:
+        pruned_cfg = yaml.safe_load(tuning.study_files()["xi"].read_text())["pruner"]
+    elif args.pruner == "median":
+        pruned_cfg = {"name": "median", "startup_trials": args.startup_trials}
+    else:
+        pruned_cfg = {"name": "hyperband", "reduction_factor": args.reduction_factor}
+    pruned_label = "pruned-" + "-".join(str(v) for v in pruned_cfg.values())
     results = {}
     # The unpruned study lives in its own folder whatever the pruner compared: running the bench
     # again with the other pruner continues it (it is complete) instead of training it again.
     for label, pruner in (("pruned", pruned_cfg), ("unpruned", {"name": "none"})):
-        folder = bench_dir / (f"pruned-{args.pruner}" if label == "pruned" else label)
+        if args.only and label != args.only:
+            continue
+        folder = bench_dir / (pruned_label if label == "pruned" else label)
         path = study_file(folder, pruner, args.scale, args.kimg, args.eval_kimg, args.seed)
         storage = f"sqlite:///{folder / 'optuna.db'}"
         started = time.perf_counter()
@@ -88,6 +172,8 @@ def main() -> None:
               f"{summary.finished} ({pruned} pruned)  best xi {best.params['perturb.xi']:.4g}  "
               f"FID-0 {best.value:.4g}  wall {seconds:.0f} s", flush=True)
 
+    if args.only:
+        return
     (p_summary, p_complete, _), (u_summary, u_complete, _) = results["pruned"], results["unpruned"]
     ratio = p_summary.budget_steps / max(1, u_summary.budget_steps)
     top3 = [t.value for t in u_complete[:3]]
