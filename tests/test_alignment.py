@@ -116,6 +116,7 @@ EVERYTHING = [
     "caption-accuracy",
     "R-precision",
     "CLIP-score",
+    "z-diversity",
 ]
 
 

@@ -44,6 +44,11 @@ _INFOS = [
     MetricInfo("background-accuracy", True, "background as captioned (world only)"),
     MetricInfo("R-precision", True, "CLIP R-precision: true caption ranked first of R"),
     MetricInfo("CLIP-score", True, "mean cosine between generated image and its condition"),
+    MetricInfo(
+        "z-diversity", True,
+        "mean per-pixel std over noise draws z of images made for one caption ([-1, 1] units; "
+        "0 = the generator ignores z); a diagnostic, not a paper metric",
+    ),
 ]
 
 METRICS: dict[str, MetricInfo] = {info.name: info for info in _INFOS}

@@ -47,6 +47,10 @@ from lafite.workspace import Workspace
 
 EVAL_SPLIT = "test"
 SOA_METRICS = ("SOA-C", "SOA-I")
+DIVERSITY_METRIC = "z-diversity"
+# z-diversity: the first 16 captions of the evaluation split, 8 noise draws each.
+DIVERSITY_CAPTIONS = 16
+DIVERSITY_DRAWS = 8
 # Largest candidate pool for R-precision negatives (captions of distinct images of the split).
 MAX_POOL = 5000
 
@@ -377,6 +381,17 @@ def _evaluate(
     soa_names = [name for name in names if name in SOA_METRICS]
     if soa_names:
         _soa(cfg, soa_names, G_ema, clip, eval_split, get_inspector, device, n, result)
+
+    if DIVERSITY_METRIC in names:
+        from lafite.metrics.diversity import diversity
+
+        captions, _ = EvalCaptions(eval_split, ev.seed).take(
+            min(DIVERSITY_CAPTIONS, len(eval_split)))
+        conditions = clip.encode_texts(captions).to(device, torch.float32)
+        spread = diversity(G_ema, conditions, draws=DIVERSITY_DRAWS, seed=ev.seed,
+                           truncation_psi=ev.truncation_psi, noise_mode=ev.noise_mode)
+        result.metrics[DIVERSITY_METRIC] = spread.z
+        result.details["caption-diversity"] = spread.captions
 
     # Keep the requested order; every requested name ends up in exactly one of the two dicts.
     result.metrics = {name: result.metrics[name] for name in _ordered(names, result.metrics)}
