@@ -20,7 +20,7 @@ import pytest
 
 from lafite import spec as spec_mod
 from lafite.report import build_report
-from lafite.report.tables import summarise
+from lafite.report.tables import summarise, to_markdown
 from lafite.spec import Spec
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -353,3 +353,5 @@ def test_runs_of_another_configuration_are_counted_not_averaged(workspace, table
     assert runs.unfinished["mini"]["LAFITE_G"] == {OTHER_CONFIGURATION: 1}
     table = summarise(table5, runs.frame, "mini", runs.unfinished["mini"])
     assert table.rows[0].cells["IS"].mean == 1.0 and table.rows[0].cells["IS"].n == 1
+    markdown = to_markdown(table)
+    assert f"- LAFITE_G: 1 run {OTHER_CONFIGURATION}" in markdown

@@ -440,7 +440,7 @@ def to_markdown(table: TableResult) -> str:
             header.append(f"{heading} Δ")
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" if i == 0 else "--:" for i in range(len(header))) + "|")
-    missing = []
+    missing, others = [], []
     for r in table.rows:
         name = _md_escape(r.name)
         if r.status == "paper only":
@@ -468,6 +468,10 @@ def to_markdown(table: TableResult) -> str:
         lines.append("| " + " | ".join(cells) + " |")
         if r.status == "not run":
             missing.append(f"- {_md_escape(r.name)}: `{r.command}`")
+        if r.unfinished:
+            others.append(f"- {_md_escape(r.name)}: " + ", ".join(
+                f"{count} run{'s' if count > 1 else ''} {status}"
+                for status, count in r.unfinished.items()))
     lines.append("")
     lines.append("**Bold**: the best row per metric, in the paper's column and in ours. "
                  "Reproduced: mean ± standard deviation over seeds (n seeds).")
@@ -479,6 +483,8 @@ def to_markdown(table: TableResult) -> str:
         lines.append(f"‡ {DIAGNOSTIC_LABEL}: scored by the CLIP the generator was trained against.")
     if missing:
         lines += ["", "Rows not run yet, and the command that runs each:", "", *missing]
+    if others:
+        lines += ["", "Runs not averaged into their row:", "", *others]
     if table.agreements:
         lines += ["", "Does the paper's ordering hold?", "",
                   "| metric | best in paper | best here | pairs in paper's order | Kendall τ | verdict |",
