@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -54,37 +53,40 @@ def study_file(folder: Path, pruner: dict, scale: str, kimg: float | None,
     return path
 
 
-def replay(storage: str, study_name: str, orders: int = 20) -> None:
+def replay(folder: Path, scale: str, orders: int = 20) -> None:
     """Replay a finished unpruned study's evaluation curves through candidate pruners.
 
     Each completed trial's curve is fed, trial by trial, to a fresh in-memory study with the
-    pruner; a trial stops where the pruner says so. Prints each pruner's share of the evaluations
-    (the budget) and whether its best final value is within the unpruned top 3, in the study's
-    own trial order and over shuffled orders. It ignores the sampler's reaction to pruned trials,
-    so it estimates a pruner's behaviour on these curves; the real pruned study is the check.
+    pruner the suite builds for the study file in ``folder`` (``StudyDefinition.make_pruner``)
+    with the candidate's ``pruner`` section; a trial stops where the pruner says so. Prints each
+    pruner's share of the evaluations (the budget) and whether its best final value is within
+    the unpruned top 3, in the study's own trial order and over shuffled orders. It ignores the
+    sampler's reaction to pruned trials, so it estimates a pruner's behaviour on these curves;
+    the real pruned study is the check.
     """
+    import dataclasses
     import random
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    source = optuna.load_study(study_name=study_name, storage=storage)
+    definition = tuning.load_study_file(folder / "xi.yaml")
+    base = definition.base_config(scale)
+    storage = f"sqlite:///{folder / 'optuna.db'}"
+    source = optuna.load_study(study_name=definition.study_name(scale), storage=storage)
     curves = [dict(sorted(t.intermediate_values.items())) for t in source.trials
               if t.state == optuna.trial.TrialState.COMPLETE and t.intermediate_values]
     if len(curves) < 3:
         raise SystemExit(f"{storage}: {len(curves)} complete trials with curves; need 3 or more")
     steps = sorted(curves[0])
     top3 = sorted(c[steps[-1]] for c in curves)[:3]
-    candidates = {
-        f"median, startup {k}": (lambda k=k: optuna.pruners.MedianPruner(n_startup_trials=k))
-        for k in (1, 2, 3, 4)
-    }
-    candidates.update({
-        f"hyperband, reduction {r}": (lambda r=r: optuna.pruners.HyperbandPruner(
-            min_resource=steps[0], max_resource=steps[-1], reduction_factor=r))
-        for r in (2, 3, 4)
-    })
+    candidates = {f"median, startup {k}": {"name": "median", "startup_trials": k}
+                  for k in (1, 2, 3, 4)}
+    candidates.update({f"hyperband, reduction {r}": {"name": "hyperband", "reduction_factor": r}
+                       for r in (2, 3, 4)})
 
-    def run(make: Callable[[], optuna.pruners.BasePruner], order: list[int]) -> tuple[float, bool]:
-        study = optuna.create_study(pruner=make())
+    def run(pruner: dict, order: list[int]) -> tuple[float, bool]:
+        candidate = dataclasses.replace(definition, pruner=pruner)
+        # A fixed name: Hyperband assigns brackets by hashing the study name and trial number.
+        study = optuna.create_study(study_name="replay", pruner=candidate.make_pruner(base))
         spent = 0
         for index in order:
             trial = study.ask()
@@ -103,9 +105,9 @@ def replay(storage: str, study_name: str, orders: int = 20) -> None:
     print(f"{len(curves)} complete trials, {len(steps)} evaluations each; unpruned top 3: "
           f"{', '.join(f'{v:.4g}' for v in top3)}")
     shuffles = [random.Random(k).sample(range(len(curves)), len(curves)) for k in range(orders)]
-    for name, make in candidates.items():
-        budget, within = run(make, list(range(len(curves))))
-        shuffled = [run(make, order) for order in shuffles]
+    for name, pruner in candidates.items():
+        budget, within = run(pruner, list(range(len(curves))))
+        shuffled = [run(pruner, order) for order in shuffles]
         mean = sum(b for b, _ in shuffled) / len(shuffled)
         print(f"{name:24s} study order: budget {budget:.2f}, best {'in' if within else 'NOT in'} "
               f"top 3 | {orders} shuffled orders: budget mean {mean:.2f}, max "
@@ -138,7 +140,7 @@ def main() -> None:
     workspace = Workspace.resolve(args.home)
     bench_dir = workspace.root / "bench-tuning"
     if args.replay:
-        replay(f"sqlite:///{bench_dir / 'unpruned' / 'optuna.db'}", f"xi-{args.scale}")
+        replay(bench_dir / "unpruned", args.scale)
         return
     if args.pruner is None:
         pruned_cfg = yaml.safe_load(tuning.study_files()["xi"].read_text())["pruner"]
