@@ -145,6 +145,13 @@ def test_caption_accuracy_counts_the_named_attributes_found():
     assert score.accuracy("main-colour") == 0.5
     assert score.accuracy("main-shape") == 1.0
     assert score.accuracy("main-position") == 1.0
+    assert score.accuracy("main-size") == 1.0
+    # Both objects are named: two detected objects is right, one is not.
+    assert score.accuracy("count") == 0.5
+    # A caption leaving the square out says nothing about the count.
+    partial = CaptionScore()
+    partial.update(caption_claims("a large red circle on grey", TRUTH), reading("grey", RED_CIRCLE))
+    assert partial.accuracy("count") is None and partial.accuracy("main-size") == 1.0
 
 
 def test_every_world_caption_names_its_main_shape():

@@ -41,6 +41,11 @@ _INFOS = [
     MetricInfo("main-shape-accuracy", True, "main object's shape as captioned (world only)"),
     MetricInfo("main-colour-accuracy", True, "main object's colour as captioned (world only)"),
     MetricInfo("main-position-accuracy", True, "main object's position as captioned (world only)"),
+    MetricInfo("main-size-accuracy", True, "main object's size as captioned (world only)"),
+    MetricInfo(
+        "object-count-accuracy", True,
+        "number of objects as captioned, over captions naming every object (world only)",
+    ),
     MetricInfo("background-accuracy", True, "background as captioned (world only)"),
     MetricInfo("R-precision", True, "CLIP R-precision: true caption ranked first of R"),
     MetricInfo("CLIP-score", True, "mean cosine between generated image and its condition"),

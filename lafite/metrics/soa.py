@@ -312,6 +312,9 @@ class CaptionScore:
             self.add("background", hit)
         main = reading_main(reading)
         detected = reading_objects(reading)
+        if claims.objects and all(claims.objects):
+            # Every object of the source image is named, so the caption fixes how many there are.
+            self.add("count", len(detected) == len(claims.objects))
         for index, named in enumerate(claims.objects):
             for attr, value in named.items():
                 if index == 0:
@@ -342,6 +345,8 @@ CAPTION_METRICS = {
     "main-shape-accuracy": "main-shape",
     "main-colour-accuracy": "main-colour",
     "main-position-accuracy": "main-position",
+    "main-size-accuracy": "main-size",
+    "object-count-accuracy": "count",
     "background-accuracy": "background",
 }
 

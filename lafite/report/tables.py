@@ -39,6 +39,8 @@ FRACTION_METRICS = frozenset(
         "main-shape-accuracy",
         "main-colour-accuracy",
         "main-position-accuracy",
+        "main-size-accuracy",
+        "object-count-accuracy",
         "background-accuracy",
     }
 )
