@@ -306,7 +306,7 @@ def clip_pretrain(ctx: click.Context, resolution: int, seed: int) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_context
 def clip_eval(ctx: click.Context, resolution: int, seed: int) -> None:
-    """Re-measure held-out retrieval of the trained world CLIP."""
+    """Re-measure held-out retrieval and the attribute probe (what its features say about shape, colour, size, position, background) of the trained world CLIP."""
     from lafite.clip import world_clip_report
 
     _print_numbers("world CLIP", world_clip_report(_workspace(ctx), resolution, seed, recompute=True))

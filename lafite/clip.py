@@ -610,6 +610,10 @@ class _WorldLike(Protocol):
     def captions(self, index: int) -> list[str]: ...
 
 
+class _LabelledWorld(_WorldLike, Protocol):
+    def truth(self, index: int) -> Any: ...
+
+
 def retrieval_accuracy(
     encoder: ClipEncoder, world: _WorldLike, n_candidates: int = 100, n_groups: int = 10
 ) -> dict[str, float]:
@@ -654,6 +658,78 @@ def retrieval_accuracy(
     }
 
 
+def linear_probe_accuracy(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    n_classes: int,
+    steps: int = 300,
+    seed: int = 0,
+) -> float:
+    """Test accuracy of a multinomial logistic regression fitted on (train_x, train_y).
+
+    Full-batch Adam on L2-normalised features (CLIP compares directions), fixed steps and seed,
+    so the number is reproducible; what it measures is whether a class is linearly readable.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    train_x = F.normalize(train_x.float(), dim=1)
+    test_x = F.normalize(test_x.float(), dim=1)
+    weight = (torch.randn(train_x.shape[1], n_classes, generator=generator) * 0.01).requires_grad_()
+    bias = torch.zeros(n_classes, requires_grad=True)
+    optimiser = torch.optim.Adam([weight, bias], lr=0.05)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimiser.zero_grad()
+            # A temperature of 10 lets unit-norm features reach confident logits.
+            F.cross_entropy(10.0 * train_x @ weight + bias, train_y).backward()
+            optimiser.step()
+    with torch.no_grad():
+        predicted = (10.0 * test_x @ weight + bias).argmax(dim=1)
+    return float((predicted == test_y).float().mean())
+
+
+def attribute_probe(
+    encoder: ClipEncoder, train_world: _LabelledWorld, test_world: _LabelledWorld, n_train: int = 2000
+) -> dict[str, float]:
+    """What a CLIP's features say about a world image: linear-probe accuracies per attribute.
+
+    For the background and the main object's colour, shape, size and position: a probe fitted
+    and tested on image features (``image.*``), one on features of each image's first caption
+    (``text.*``), and the image probe applied to the test captions' features
+    (``image-to-text.*``: the language-free question, whether what is read from h' transfers to
+    text). ``chance.*`` is the majority class's share of the test set.
+    """
+    from lafite.data.world import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES
+
+    attributes = {
+        "background": (BACKGROUNDS, lambda t: t.background),
+        "main-colour": (COLOURS, lambda t: t.main.colour),
+        "main-shape": (SHAPES, lambda t: t.main.shape),
+        "main-size": (SIZES, lambda t: t.main.size),
+        "main-position": (POSITIONS, lambda t: t.main.position),
+    }
+
+    def encode(world: _LabelledWorld, n: int) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
+        indices = list(range(min(n, len(world))))
+        images = encoder.encode_images(_world_images_nchw(world, indices)).cpu()
+        texts = encoder.encode_texts([world.captions(i)[0] for i in indices]).cpu()
+        return images, texts, [world.truth(i) for i in indices]
+
+    train_images, train_texts, train_truths = encode(train_world, n_train)
+    test_images, test_texts, test_truths = encode(test_world, len(test_world))
+    out: dict[str, float] = {}
+    for name, (values, read) in attributes.items():
+        train_y = torch.tensor([values.index(read(t)) for t in train_truths])
+        test_y = torch.tensor([values.index(read(t)) for t in test_truths])
+        k = len(values)
+        out[f"image.{name}"] = linear_probe_accuracy(train_images, train_y, test_images, test_y, k)
+        out[f"text.{name}"] = linear_probe_accuracy(train_texts, train_y, test_texts, test_y, k)
+        out[f"image-to-text.{name}"] = linear_probe_accuracy(train_images, train_y, test_texts, test_y, k)
+        out[f"chance.{name}"] = float(torch.bincount(test_y, minlength=k).max()) / len(test_y)
+    return out
+
+
 def _evaluate_world_encoder(encoder: ClipEncoder, resolution: int, n_groups: int) -> dict[str, dict[str, float]]:
     from lafite.data.world import World
 
@@ -661,6 +737,11 @@ def _evaluate_world_encoder(encoder: ClipEncoder, resolution: int, n_groups: int
     for domain in ("web", "scenes"):
         world = World(domain, "test", resolution=resolution, seed=_WORLD_CLIP_DATA_SEED)
         out[domain] = retrieval_accuracy(encoder, world, n_candidates=100, n_groups=n_groups)
+    out["scenes-attributes"] = attribute_probe(
+        encoder,
+        World("scenes", "train", resolution=resolution, seed=_WORLD_CLIP_DATA_SEED),
+        World("scenes", "test", resolution=resolution, seed=_WORLD_CLIP_DATA_SEED),
+    )
     return out
 
 

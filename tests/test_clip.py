@@ -176,6 +176,23 @@ def test_tiny_world_clip_trains_beats_chance_and_is_cached(workspace):
     assert measured["image_to_text_top1"] > 0.16 and measured["text_to_image_top1"] > 0.16
     scenes = lclip.retrieval_accuracy(encoder, World("scenes", "test", resolution=16), n_candidates=10, n_groups=10)
     assert scenes["own_caption_cosine"] > scenes["other_caption_cosine"] + 0.03
+    # The attribute probe rides along in meta.json: every attribute, read three ways.
+    probe = meta["metrics"]["scenes-attributes"]
+    for attribute in ("background", "main-colour", "main-shape", "main-size", "main-position"):
+        for read in ("image", "text", "image-to-text", "chance"):
+            assert 0.0 <= probe[f"{read}.{attribute}"] <= 1.0
+    # Even a briefly trained CLIP reads the background (4 flat colours) far above chance.
+    assert probe["image.background"] > probe["chance.background"] + 0.3
+
+
+def test_linear_probe_reads_what_the_features_hold_and_nothing_else():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 5, (600,), generator=generator)
+    informative = torch.nn.functional.one_hot(labels, 16).float() + 0.15 * torch.randn(600, 16, generator=generator)
+    assert lclip.linear_probe_accuracy(informative[:400], labels[:400], informative[400:], labels[400:], 5) > 0.95
+    noise = torch.randn(600, 16, generator=generator)
+    chance = torch.bincount(labels[400:], minlength=5).max().item() / 200
+    assert lclip.linear_probe_accuracy(noise[:400], labels[:400], noise[400:], labels[400:], 5) < chance + 0.12
 
 
 # -- feature cache -----------------------------------------------------------------------------
