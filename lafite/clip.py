@@ -700,15 +700,7 @@ def attribute_probe(
     (``image-to-text.*``: the language-free question, whether what is read from h' transfers to
     text). ``chance.*`` is the majority class's share of the test set.
     """
-    from lafite.data.world import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES
-
-    attributes = {
-        "background": (BACKGROUNDS, lambda t: t.background),
-        "main-colour": (COLOURS, lambda t: t.main.colour),
-        "main-shape": (SHAPES, lambda t: t.main.shape),
-        "main-size": (SIZES, lambda t: t.main.size),
-        "main-position": (POSITIONS, lambda t: t.main.position),
-    }
+    from lafite.data.inspector import MAIN_ATTRIBUTES, main_attribute_labels
 
     def encode(world: _LabelledWorld, n: int) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
         indices = list(range(min(n, len(world))))
@@ -718,11 +710,11 @@ def attribute_probe(
 
     train_images, train_texts, train_truths = encode(train_world, n_train)
     test_images, test_texts, test_truths = encode(test_world, len(test_world))
+    train_labels, test_labels = main_attribute_labels(train_truths), main_attribute_labels(test_truths)
     out: dict[str, float] = {}
-    for name, (values, read) in attributes.items():
-        train_y = torch.tensor([values.index(read(t)) for t in train_truths])
-        test_y = torch.tensor([values.index(read(t)) for t in test_truths])
-        k = len(values)
+    for key, values in MAIN_ATTRIBUTES.items():
+        name, k = key.replace("_", "-"), len(values)
+        train_y, test_y = train_labels[key], test_labels[key]
         out[f"image.{name}"] = linear_probe_accuracy(train_images, train_y, test_images, test_y, k)
         out[f"text.{name}"] = linear_probe_accuracy(train_texts, train_y, test_texts, test_y, k)
         out[f"image-to-text.{name}"] = linear_probe_accuracy(train_images, train_y, test_texts, test_y, k)

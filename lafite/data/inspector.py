@@ -288,15 +288,34 @@ def clutter_images(n: int, resolution: int, gen: torch.Generator) -> torch.Tenso
     return (blend * smooth + (1 - blend) * white).clamp(-1, 1)
 
 
+# The image-level attributes, each with its classes in label order.
+MAIN_ATTRIBUTES = {
+    "background": BACKGROUNDS,
+    "main_shape": SHAPES,
+    "main_colour": COLOURS,
+    "main_size": SIZES,
+    "main_position": POSITIONS,
+}
+
+
+def main_attribute_labels(truths: Sequence[SceneTruth]) -> dict[str, torch.Tensor]:
+    """Class indices of the background and the main object's attributes (MAIN_ATTRIBUTES)."""
+    reads = {
+        "background": lambda t: t.background,
+        "main_shape": lambda t: t.main.shape,
+        "main_colour": lambda t: t.main.colour,
+        "main_size": lambda t: t.main.size,
+        "main_position": lambda t: t.main.position,
+    }
+    return {
+        name: torch.tensor([MAIN_ATTRIBUTES[name].index(read(t)) for t in truths])
+        for name, read in reads.items()
+    }
+
+
 def _labels(truths: Sequence[SceneTruth]) -> dict[str, torch.Tensor]:
     n, regions = len(truths), len(POSITIONS)
-    labels = {
-        "background": torch.tensor([BACKGROUNDS.index(t.background) for t in truths]),
-        "main_shape": torch.tensor([SHAPES.index(t.main.shape) for t in truths]),
-        "main_colour": torch.tensor([COLOURS.index(t.main.colour) for t in truths]),
-        "main_size": torch.tensor([SIZES.index(t.main.size) for t in truths]),
-        "main_position": torch.tensor([POSITIONS.index(t.main.position) for t in truths]),
-    }
+    labels = main_attribute_labels(truths)
     present = torch.zeros(n, regions)
     shape = torch.zeros(n, regions, dtype=torch.long)
     colour = torch.zeros(n, regions, dtype=torch.long)
