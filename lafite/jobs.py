@@ -152,6 +152,33 @@ _INHERITED = ("scale", "data.resolution", "data.data_root", "clip.name", "clip.p
 _INFERENCE_KNOBS = ("steps", "batch", "lr", "seed")
 
 
+def condition_space(cfg: RunConfig) -> dict[str, Any]:
+    """What identifies the run's CLIP: its name and weights, and for the world's CLIP its
+    builder key (its training recipe), since a retrained world CLIP keeps name and tag."""
+    space = {"name": cfg.clip.name, "pretrained": cfg.clip.pretrained}
+    if cfg.clip.name == "world":
+        from lafite.clip import world_clip_key
+
+        space["world_clip"] = world_clip_key(cfg.data.resolution, cfg.clip.world_seed)
+    return space
+
+
+def run_job_hashes(cfg: RunConfig, definitions: dict[str, JobDefinition] | None = None
+                   ) -> dict[str, str]:
+    """The hashes that extend a run's configuration hash: the jobs it names (perturb.nn_job,
+    train.init_job) and the world CLIP it trains with, so that results made with an older
+    inference model or condition space are never taken for this run's. The inspector is left
+    out: it judges a run, it does not train it (its key is tagged on every run)."""
+    hashes: dict[str, str] = {}
+    named = [j for j in (cfg.perturb.nn_job, cfg.train.init_job) if j]
+    if named:
+        definitions = definitions if definitions is not None else load_definitions()
+        hashes = {j: resolve(j, cfg, definitions).hash for j in named}
+    if cfg.clip.name == "world":
+        hashes["world-clip"] = condition_space(cfg)["world_clip"]
+    return hashes
+
+
 def resolve(name: str, cfg: RunConfig, definitions: dict[str, JobDefinition] | None = None) -> Job:
     """The job ``name`` as the run ``cfg`` needs it (its scale, resolution and CLIP)."""
     definitions = definitions if definitions is not None else load_definitions()
@@ -181,7 +208,7 @@ def resolve(name: str, cfg: RunConfig, definitions: dict[str, JobDefinition] | N
         scale=cfg.scale,
         resolution=cfg.data.resolution,
         settings=settings,
-        clip={"name": cfg.clip.name, "pretrained": cfg.clip.pretrained},
+        clip=condition_space(cfg),
         config=config,
     )
 

@@ -483,9 +483,10 @@ def plan(
 
     ``seeds`` defaults to the scale's count; seeds are 0 .. seeds-1. ``rows`` selects rows by
     name. ``extra`` holds dotted overrides applied to every run (``run --set``). The hashes
-    of the jobs a run names (perturb.nn_job, train.init_job) enter the run's
-    hash, so that redefining an inference model under the same name makes new runs instead of
-    silently reusing results made with the old one.
+    of the jobs a run names (perturb.nn_job, train.init_job) and of the world CLIP it trains
+    with enter the run's hash (``jobs.run_job_hashes``), so that redefining an inference model
+    under the same name, or retraining the world CLIP with a new recipe, makes new runs instead
+    of silently reusing results made with the old one.
     """
     scale_spec = spec.scale(scale)
     if seeds is not None and seeds < 1:
@@ -506,13 +507,13 @@ def plan(
     for row in selected:
         for seed in range(n_seeds):
             cfg = spec.resolve(row, scale, seed, extra)
-            named = [j for j in (cfg.perturb.nn_job, cfg.train.init_job) if j]
             job_hashes: dict[str, str] = {}
-            if named:
+            if any((cfg.perturb.nn_job, cfg.train.init_job)) or cfg.clip.name == "world":
                 from lafite import jobs
 
-                definitions = definitions if definitions is not None else jobs.load_definitions()
-                job_hashes = {j: jobs.resolve(j, cfg, definitions).hash for j in named}
+                if definitions is None and any((cfg.perturb.nn_job, cfg.train.init_job)):
+                    definitions = jobs.load_definitions()
+                job_hashes = jobs.run_job_hashes(cfg, definitions)
             planned.append(PlannedRun(spec.id, row, scale, seed, cfg, run_hash(cfg, job_hashes)))
     return planned
 

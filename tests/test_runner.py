@@ -142,6 +142,26 @@ def test_implicit_jobs_change_with_their_builders_settings(monkeypatch):
     assert after["world-clip"] == before["world-clip"]
 
 
+def test_a_new_world_clip_recipe_makes_new_runs_and_inference_models(monkeypatch):
+    """Runs and the jobs trained in the CLIP's feature space (LAFITE_NN's inference model) are
+    named after the world CLIP's recipe too: finished results made with an older CLIP are not
+    taken for the new one's."""
+    from lafite import clip as clip_mod
+
+    spec = spec_mod.load(REPO / "experiments" / "table5.yaml")
+    rows = ["LAFITE_G", "LAFITE_NN"]
+    before = [p.hash for p in spec_mod.plan(spec, "smoke", rows=rows)]
+    nn_cfg = spec.resolve(spec.row("LAFITE_NN"), "smoke")
+    nn_before = jobs_mod.resolve("nn-web", nn_cfg).hash
+    paper_before = [p.hash for p in spec_mod.plan(spec, "paper", rows=rows)]
+    longer = clip_mod.WorldClipTraining(steps=801)
+    monkeypatch.setitem(clip_mod._TRAINING_BY_RESOLUTION, 16, longer)
+    after = [p.hash for p in spec_mod.plan(spec, "smoke", rows=rows)]
+    assert after[0] != before[0] and after[1] != before[1]
+    assert jobs_mod.resolve("nn-web", nn_cfg).hash != nn_before
+    assert [p.hash for p in spec_mod.plan(spec, "paper", rows=rows)] == paper_before
+
+
 def test_preflight_names_the_missing_dataset(workspace, tmp_path):
     spec = spec_mod.load(REPO / "experiments" / "table5.yaml")
     full = runner.make_plan(spec, "paper", rows=["LAFITE_G"])
