@@ -371,6 +371,20 @@ class WorldClipTraining:
     eval_groups: int = 10
 
 
+# The 32-px CLIP (the condition space of every mini-scale run) trains three times longer. After
+# 800 steps its loss is already met within a batch of 128 by colour, background and size, and
+# linear probes fitted on its image features and applied to captions read the main object's
+# position 24.4% and shape 18.3% (chance 21% and 17.6%); after 2400 steps, 47.5% and 30.1%, and
+# the full LAFITE_G row at 30 kimg draws the captioned position 53.9% against 18.7% (FID-0 1966
+# against 2465). 16 px (smoke scale, the quickstart) keeps 800 steps: it proves plumbing.
+_TRAINING_BY_RESOLUTION = {32: WorldClipTraining(steps=2400, warmup_steps=240)}
+
+
+def default_world_clip_training(resolution: int) -> WorldClipTraining:
+    """How the world CLIP for ``resolution`` px is trained unless told otherwise."""
+    return _TRAINING_BY_RESOLUTION.get(int(resolution), WorldClipTraining())
+
+
 def world_clip_config(resolution: int) -> dict[str, Any]:
     """The open_clip model config shipped for world images of ``resolution`` px."""
     path = WORLD_CLIP_CONFIG_DIR / f"world-clip-{resolution}.json"
@@ -405,7 +419,7 @@ def world_clip_key(
     payload = {
         "world": _world_fingerprint(resolution),
         "model": model_cfg if model_cfg is not None else world_clip_config(resolution),
-        "training": asdict(training or WorldClipTraining()),
+        "training": asdict(training or default_world_clip_training(resolution)),
         "resolution": resolution,
         "seed": seed,
         "open_clip": open_clip.__version__,
@@ -488,7 +502,7 @@ def pretrain_world_clip(
     """
     from lafite.data.world import World
 
-    training = training or WorldClipTraining()
+    training = training or default_world_clip_training(resolution)
     model_cfg = model_cfg if model_cfg is not None else world_clip_config(resolution)
     folder = world_clip_dir(workspace, resolution, seed, model_cfg, training)
     if (folder / WORLD_CLIP_WEIGHTS).is_file() and (folder / "meta.json").is_file():
@@ -888,6 +902,7 @@ __all__ = [
     "ClipEncoder",
     "FeatureCache",
     "WorldClipTraining",
+    "default_world_clip_training",
     "load_clip",
     "load_open_clip",
     "load_world_clip",

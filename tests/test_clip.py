@@ -155,6 +155,17 @@ def test_weights_round_trip_through_open_clip(tmp_path):
     assert loaded.id.split("-")[-1] == enc.id.split("-")[-1]  # same weights hash
 
 
+def test_world_clip_training_default_depends_on_resolution():
+    # The 32-px (mini) CLIP trains longer than the 16-px (smoke) one, and that choice is part of
+    # the cache key: a workspace holding the old 32-px CLIP trains the new one instead of reusing it.
+    mini, smoke = lclip.default_world_clip_training(32), lclip.default_world_clip_training(16)
+    assert (mini.steps, mini.warmup_steps) == (2400, 240)
+    assert smoke == lclip.WorldClipTraining()
+    assert lclip.world_clip_key(16) == lclip.world_clip_key(16, training=lclip.WorldClipTraining())
+    assert lclip.world_clip_key(32) == lclip.world_clip_key(32, training=mini)
+    assert lclip.world_clip_key(32) != lclip.world_clip_key(32, training=lclip.WorldClipTraining())
+
+
 def test_tiny_world_clip_trains_beats_chance_and_is_cached(workspace):
     started = time.time()
     folder = lclip.pretrain_world_clip(workspace, 16, progress=False, model_cfg=TINY, training=TINY_TRAINING)
