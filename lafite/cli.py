@@ -330,6 +330,36 @@ def world_inspector(ctx: click.Context, resolution: int, seed: int) -> None:
     _print_numbers(f"inspector {resolution}px", numbers)
 
 
+@world.command("anchors")
+@click.argument("table", default="table5")
+@click.option("--scale", type=click.Choice([s for s in SCALES if s != "paper"]), default="mini",
+              show_default=True)
+@click.option("--row", default=None, help="Row whose evaluation settings to use (default: the first).")
+@click.option("--n", "n", type=click.IntRange(min=2), default=None,
+              help="Images per anchor (default: the row's eval.n_samples).")
+@click.pass_context
+def world_anchors(ctx: click.Context, table: str, scale: str, row: str | None, n: int | None) -> None:
+    """FID-0 of real world images under controlled corruptions (objects drawn as circles, a
+    main attribute redrawn, blur, ...), with TABLE's evaluation settings at SCALE: the scale
+    that a world FID number reads against."""
+    from lafite import spec as spec_mod
+    from lafite.metrics.anchors import fid_anchors
+
+    spec = spec_mod.find(table)
+    chosen = spec.row(row) if row else spec.trainable_rows[0]
+    cfg = spec.resolve(chosen, scale)
+    workspace = _workspace(ctx)
+    console = _out()
+    with console.status("scoring anchors ...") as status:
+        anchors = fid_anchors(cfg, workspace, n, progress=lambda name: status.update(f"scoring {name} ..."))
+    out = Table("anchor", "FID-0", "what is scored",
+                title=f"FID-0 anchors, {table} {scale} ({cfg.world.domain}, {cfg.data.resolution}px, "
+                      f"reference: {cfg.eval.reference_split}; world analogue, not the paper's FID)")
+    for anchor in anchors:
+        out.add_row(anchor.name, f"{anchor.fid:.1f}", anchor.description)
+    console.print(out)
+
+
 @world.command("materialise")
 @click.option("--domain", default="scenes", show_default=True,
               help="scenes, objects, narratives or web.")

@@ -170,3 +170,68 @@ def test_web_captions_always_name_the_main_objects_colour_and_shape():
         text = caption.lower()
         assert any(word in text for word in _COLOUR_SYNONYMS[main.colour]), caption
         assert any(word in text for word in SHAPE_WORDS[main.shape]), caption
+
+
+# -- controlled corruptions (what the FID anchors score) -----------------------------------------
+
+
+def _without(obj, field):
+    data = obj.to_dict()
+    data.pop(field)
+    return data
+
+
+def test_corruption_none_is_the_world_itself():
+    world = World("scenes", "train", 32, size=40)
+    truths, images = world.corrupted(range(40), "none")
+    assert np.array_equal(images, world.images(range(40)))
+    assert truths == [world.truth(i) for i in range(40)]
+
+
+@pytest.mark.parametrize("field", ["shape", "colour", "size", "position"])
+def test_main_corruptions_redraw_one_attribute_of_the_main_object_only(field):
+    world = World("scenes", "train", 32, size=300)
+    truths, images = world.corrupted(range(300), f"main-{field}", seed=3)
+    changed = 0
+    for i, truth in enumerate(truths):
+        original = world.truth(i)
+        assert truth.background == original.background
+        assert truth.objects[1:] == original.objects[1:]
+        assert _without(truth.main, field) == _without(original.main, field)
+        changed += getattr(truth.main, field) != getattr(original.main, field)
+    options = {"shape": SHAPES, "colour": COLOURS, "size": SIZES, "position": POSITIONS}[field]
+    # A uniform redraw keeps the old value with probability 1 / len(options).
+    assert changed / 300 == pytest.approx(1 - 1 / len(options), abs=0.08)
+    # Same seed, same redraws; the pixels follow the truth.
+    again_truths, again = world.corrupted(range(300), f"main-{field}", seed=3)
+    assert again_truths == truths and np.array_equal(again, images)
+
+
+def test_all_circles_keeps_the_layout_and_changes_only_the_shapes():
+    world = World("scenes", "train", 32, size=60)
+    truths, images = world.corrupted(range(60), "all-circles")
+    originals = [world.truth(i) for i in range(60)]
+    for truth, original in zip(truths, originals):
+        assert all(o.shape == "circle" for o in truth.objects)
+        assert [_without(o, "shape") for o in truth.objects] == [
+            _without(o, "shape") for o in original.objects
+        ]
+    real = world.images(range(60))
+    same = [np.array_equal(images[i], real[i]) for i in range(60)]
+    only_circles = [all(o.shape == "circle" for o in t.objects) for t in originals]
+    assert same == only_circles
+
+
+def test_object_removal_corruptions():
+    world = World("scenes", "train", 32, size=30)
+    truths, _ = world.corrupted(range(30), "no-secondary")
+    assert all(len(t.objects) == 1 and t.main == world.truth(i).main for i, t in enumerate(truths))
+    truths, images = world.corrupted(range(30), "no-objects")
+    assert all(not t.objects for t in truths)
+    flat = images.reshape(30, -1, 3)
+    assert (flat == flat[:, :1]).all()  # background only: one colour per image
+
+
+def test_unknown_corruption_names_the_valid_ones():
+    with pytest.raises(UserError, match="all-circles"):
+        World("scenes", "train", 32, size=4).corrupted(range(4), "upside-down")

@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +228,14 @@ class World:
         scenes = [self._scene(int(i)) for i in indices]
         return render_scenes(scenes, self.resolution)
 
+    def corrupted(self, indices: Sequence[int], corruption: str, seed: int = 0
+                  ) -> tuple[list[SceneTruth], np.ndarray]:
+        """The images ``indices`` with one controlled change (:data:`CORRUPTIONS`), and the
+        truth of what is drawn. The random redraws depend on ``seed`` only."""
+        rng = np.random.default_rng([int(seed), _DOMAIN_CODE[self.domain], _SPLIT_CODE[self.split]])
+        scenes = [corrupt_scene(self._scene(int(i)), corruption, rng) for i in indices]
+        return [s.truth for s in scenes], render_scenes(scenes, self.resolution)
+
     def scenes_and_images(self, indices: Sequence[int]) -> tuple[list[SceneTruth], np.ndarray]:
         """Ground truth and pixels in one pass (the inspector trains on both)."""
         scenes = [self._scene(int(i)) for i in indices]
@@ -274,16 +282,67 @@ def _sample_scene(domain: str, rng: np.random.Generator) -> _Scene:
         ]
     else:
         objects = _sample_layout(domain, rng)
-    placed = []
-    for obj in objects:
-        base_x, base_y = _POSITION_XY[obj.position]
-        cx = base_x + rng.uniform(-_POSITION_JITTER, _POSITION_JITTER)
-        cy = base_y + rng.uniform(-_POSITION_JITTER, _POSITION_JITTER)
-        radius = _SIZE_SPAN[obj.size] / 2 * (1 + rng.uniform(-_SIZE_JITTER, _SIZE_JITTER))
-        rgb = _shaded(_jittered_rgb(_COLOUR_RGB[obj.colour], rng, _COLOUR_JITTER), obj.shade)
-        placed.append(_Placed(SHAPES.index(obj.shape), cx, cy, radius, rgb))
+    placed = [_place(obj, rng) for obj in objects]
     bg_rgb = _jittered_rgb(_BACKGROUND_RGB[background], rng, _BACKGROUND_JITTER)
     return _Scene(SceneTruth(background, tuple(objects)), bg_rgb, tuple(placed))
+
+
+def _place(obj: WorldObject, rng: np.random.Generator) -> _Placed:
+    """Render geometry of one object, with the world's jitter of position, size and colour."""
+    base_x, base_y = _POSITION_XY[obj.position]
+    cx = base_x + rng.uniform(-_POSITION_JITTER, _POSITION_JITTER)
+    cy = base_y + rng.uniform(-_POSITION_JITTER, _POSITION_JITTER)
+    radius = _SIZE_SPAN[obj.size] / 2 * (1 + rng.uniform(-_SIZE_JITTER, _SIZE_JITTER))
+    rgb = _shaded(_jittered_rgb(_COLOUR_RGB[obj.colour], rng, _COLOUR_JITTER), obj.shade)
+    return _Placed(SHAPES.index(obj.shape), cx, cy, radius, rgb)
+
+
+# -- controlled corruptions ------------------------------------------------------------------------
+
+# Each renders the same scenes with one thing changed, to read what a metric sees (what FID on
+# the inspector's features costs for "colour blobs in the right layout", for a caption word
+# ignored, ...). A "main-*" corruption redraws that attribute of the main object uniformly, so
+# it keeps the attribute's distribution over images and breaks only its match to the caption.
+CORRUPTIONS = {
+    "none": "the images as they are",
+    "all-circles": "every object drawn as a circle (layout, colours and sizes kept)",
+    "main-shape": "the main object's shape redrawn at random",
+    "main-colour": "the main object's colour redrawn at random",
+    "main-size": "the main object's size redrawn at random",
+    "main-position": "the main object moved to a random position",
+    "no-secondary": "the secondary objects removed",
+    "no-objects": "every object removed (background only)",
+}
+
+
+def corrupt_scene(scene: _Scene, corruption: str, rng: np.random.Generator) -> _Scene:
+    """``scene`` with one controlled change (:data:`CORRUPTIONS`); its truth says what is drawn."""
+    if corruption not in CORRUPTIONS:
+        raise UserError(
+            f"unknown corruption {corruption!r}; valid: {', '.join(CORRUPTIONS)}"
+        )
+    truth, placed = scene.truth, list(scene.placed)
+    objects = list(truth.objects)
+    if corruption == "all-circles":
+        objects = [replace(o, shape="circle") for o in objects]
+        placed = [replace(p, shape=SHAPES.index("circle")) for p in placed]
+    elif corruption.startswith("main-"):
+        main = objects[0]
+        if corruption == "main-shape":
+            main = replace(main, shape=_choice(rng, SHAPES))
+        elif corruption == "main-colour":
+            main = replace(main, colour=_choice(rng, COLOURS))
+        elif corruption == "main-size":
+            main = replace(main, size=_choice(rng, SIZES))
+        else:
+            main = replace(main, position=_choice(rng, POSITIONS))
+        objects[0] = main
+        placed[0] = _place(main, rng)
+    elif corruption == "no-secondary":
+        objects, placed = objects[:1], placed[:1]
+    elif corruption == "no-objects":
+        objects, placed = [], []
+    return _Scene(SceneTruth(truth.background, tuple(objects)), scene.background_rgb, tuple(placed))
 
 
 def _sample_layout(domain: str, rng: np.random.Generator) -> list[WorldObject]:
