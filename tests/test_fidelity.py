@@ -10,32 +10,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
 from lafite.errors import UserError
 from lafite.metrics.extractors import inception_extractor, module_extractor
 from lafite.metrics.fidelity import (
     FidelityRequest,
     ReferenceSet,
+    TensorImages,
     blur_float,
     blur_kernel_size,
     blur_uint8,
     compute_fidelity,
     reference_cache_name,
 )
-
-
-class Tensors(Dataset):
-    """uint8 NCHW tensor as a torch-fidelity dataset."""
-
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.images[index]
 
 
 class PixelStats(nn.Module):
@@ -84,7 +71,7 @@ def world_images(domain: str, split: str, n: int, start: int = 0, resolution: in
 
 
 def fidelity(generated, reference_images, request, extractor, tmp_path, fingerprint="ref", **kw):
-    reference = ReferenceSet(Tensors(reference_images), fingerprint, "test", 16)
+    reference = ReferenceSet(TensorImages(reference_images), fingerprint, "test", 16)
     return compute_fidelity(
         generated, reference, request, extractor, cache_root=tmp_path / "cache", **kw
     )
@@ -125,9 +112,9 @@ def test_fid_against_itself_is_zero_and_between_domains_clearly_positive(tmp_pat
     scenes_other = world_images("scenes", "train", 300)
     objects = world_images("objects", "test", 300)
     request = FidelityRequest(fid_radii=(0,))
-    same = fidelity(Tensors(scenes), scenes, request, extractor, tmp_path, "scenes").fid[0]
-    within = fidelity(Tensors(scenes_other), scenes, request, extractor, tmp_path, "scenes").fid[0]
-    across = fidelity(Tensors(objects), scenes, request, extractor, tmp_path, "scenes").fid[0]
+    same = fidelity(TensorImages(scenes), scenes, request, extractor, tmp_path, "scenes").fid[0]
+    within = fidelity(TensorImages(scenes_other), scenes, request, extractor, tmp_path, "scenes").fid[0]
+    across = fidelity(TensorImages(objects), scenes, request, extractor, tmp_path, "scenes").fid[0]
     assert abs(same) < 1e-6
     # Two samples of one domain differ only by sampling noise; two domains by far more.
     assert across > 5 * within > 0
@@ -140,9 +127,9 @@ def test_blur_of_growing_radius_shrinks_fid_monotonically(tmp_path):
     # sqrt(9 + k^2), whose difference, and so the FID, shrinks as k grows.
     soft = blur_uint8(sharp, 3)
     request = FidelityRequest(fid_radii=(0, 1, 2, 4, 8))
-    reference = ReferenceSet(Tensors(sharp), "sharp", "test", 32)
+    reference = ReferenceSet(TensorImages(sharp), "sharp", "test", 32)
     fid = compute_fidelity(
-        Tensors(soft), reference, request, extractor, cache_root=tmp_path / "cache"
+        TensorImages(soft), reference, request, extractor, cache_root=tmp_path / "cache"
     ).fid
     values = [fid[k] for k in (0, 1, 2, 4, 8)]
     assert all(a > b for a, b in zip(values, values[1:])), values
@@ -156,7 +143,7 @@ def test_inception_score_of_evenly_spread_classes_is_close_to_the_class_count(tm
     images = torch.zeros(1000, 3, 16, 16, dtype=torch.uint8)
     images[:, 0] = (labels * 40).to(torch.uint8)[:, None, None]
     result = compute_fidelity(
-        Tensors(images),
+        TensorImages(images),
         None,
         FidelityRequest(inception_score=True),
         extractor,
@@ -184,9 +171,9 @@ def test_reference_cache_is_keyed_by_every_input(tmp_path):
     scenes = world_images("scenes", "test", 100)
     objects = world_images("objects", "test", 100)
     request = FidelityRequest(fid_radii=(0, 1))
-    first = fidelity(Tensors(scenes), scenes, request, extractor, tmp_path, "fpA").fid
-    hit = fidelity(Tensors(scenes), objects, request, extractor, tmp_path, "fpA").fid
-    fresh = fidelity(Tensors(scenes), objects, request, extractor, tmp_path, "fpB").fid
+    first = fidelity(TensorImages(scenes), scenes, request, extractor, tmp_path, "fpA").fid
+    hit = fidelity(TensorImages(scenes), objects, request, extractor, tmp_path, "fpA").fid
+    fresh = fidelity(TensorImages(scenes), objects, request, extractor, tmp_path, "fpB").fid
     assert hit == first
     assert fresh[0] > 0.1 and fresh[1] > 0.05
     cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
@@ -218,7 +205,7 @@ def test_streamed_images_give_the_dataset_numbers_and_are_generated_once(tmp_pat
     generated = world_images("scenes", "train", 130)
     reference = world_images("scenes", "test", 120)
     request = FidelityRequest(inception_score=True, kid=True, fid_radii=(0, 2, 4))
-    from_dataset = fidelity(Tensors(generated), reference, request, extractor, tmp_path)
+    from_dataset = fidelity(TensorImages(generated), reference, request, extractor, tmp_path)
     stream = TensorStream(generated)
     seen = []
     spool_dir = tmp_path / "spool"
@@ -293,7 +280,7 @@ def test_inception_path_runs_offline_with_a_local_weights_file(tmp_path, monkeyp
     extractor = inception_extractor(str(weights))
     images = world_images("scenes", "test", 12)
     result = fidelity(
-        Tensors(world_images("objects", "test", 12)),
+        TensorImages(world_images("objects", "test", 12)),
         images,
         FidelityRequest(inception_score=True, fid_radii=(0, 1)),
         extractor,

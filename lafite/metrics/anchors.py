@@ -21,14 +21,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from lafite.config import RunConfig
 from lafite.data.inspector import load_inspector
 from lafite.data.world import CORRUPTIONS, World
 from lafite.errors import UserError
 from lafite.metrics.extractors import module_extractor
-from lafite.metrics.fidelity import FidelityRequest, ReferenceSet, blur_uint8, compute_fidelity
+from lafite.metrics.fidelity import (
+    FidelityRequest,
+    ReferenceSet,
+    TensorImages,
+    blur_uint8,
+    compute_fidelity,
+)
 from lafite.workspace import Workspace
 
 DEFAULT_BLUR_RADII = (1, 2, 3)
@@ -41,19 +46,6 @@ class Anchor:
     name: str
     description: str
     fid: float
-
-
-class _Images(Dataset):
-    """uint8 NCHW tensor as a dataset of CHW items (what torch-fidelity reads)."""
-
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.images[index]
 
 
 def _nchw(images: np.ndarray) -> torch.Tensor:
@@ -127,7 +119,7 @@ def fid_anchors(
         if progress:
             progress(name)
         result = compute_fidelity(
-            _Images(images),
+            TensorImages(images),
             reference,
             FidelityRequest(fid_radii=(0,)),
             extractor,

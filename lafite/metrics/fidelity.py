@@ -126,6 +126,19 @@ class BlurredImages(Dataset):
         return self._blurred[index - start]
 
 
+class TensorImages(Dataset):
+    """uint8 NCHW images held in one tensor, as a dataset of CHW items (what torch-fidelity reads)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+
 def _as_uint8_chw(item: object) -> torch.Tensor:
     image = item[0] if isinstance(item, tuple | list) else item
     if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8 or image.dim() != 3:
@@ -432,6 +445,7 @@ __all__ = [
     "FidelityResult",
     "ImageStream",
     "ReferenceSet",
+    "TensorImages",
     "blur_float",
     "blur_kernel_size",
     "blur_sigma",
