@@ -502,18 +502,13 @@ def plan(
                 f"Valid rows: {', '.join(repr(r.name) for r in spec.trainable_rows)}"
             )
         selected = [r for r in selected if r.name in set(rows)]
+    from lafite import jobs
+
     planned: list[PlannedRun] = []
-    definitions = None
     for row in selected:
         for seed in range(n_seeds):
             cfg = spec.resolve(row, scale, seed, extra)
-            job_hashes: dict[str, str] = {}
-            if any((cfg.perturb.nn_job, cfg.train.init_job)) or cfg.clip.name == "world":
-                from lafite import jobs
-
-                if definitions is None and any((cfg.perturb.nn_job, cfg.train.init_job)):
-                    definitions = jobs.load_definitions()
-                job_hashes = jobs.run_job_hashes(cfg, definitions)
+            job_hashes = jobs.run_job_hashes(cfg)
             planned.append(PlannedRun(spec.id, row, scale, seed, cfg, run_hash(cfg, job_hashes)))
     return planned
 
