@@ -11,6 +11,7 @@ file, so the mini scale exercises the code the paper scale runs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -397,6 +398,9 @@ def world_clip_config(resolution: int) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+# Cached: every planned run, and every job resolved in its condition space, asks for the world
+# CLIP's key, and the world's pixels and captions cannot change within a process.
+@functools.cache
 def _world_fingerprint(resolution: int) -> str:
     """A content hash of the web domain the CLIP trains on: any change to the world changes it."""
     from lafite.data import world as world_module
