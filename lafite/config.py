@@ -32,7 +32,18 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from lafite.errors import ConfigError
 
-Mode = Literal["language-free", "supervised", "zero-shot", "fine-tune", "semi-supervised"]
+# How captions reach training (the paper's settings, section 4):
+# - "language-free": every condition is a pseudo text feature made from the image (Eqs. 1-2);
+# - "supervised": every condition is the CLIP text feature of a ground-truth caption (the
+#   official --mixing_prob=0);
+# - "semi-supervised": a fraction data.paired_fraction of the training images keep their
+#   captions, the others are trained language-free (Figure 7; official --ratio);
+# - "zero-shot": no training at all: the pre-trained generator named by train.init_job or
+#   train.init_checkpoint is evaluated on this run's data (Table 2).
+# Fine-tuning is not a mode: any training mode starts from a pre-trained model when
+# train.init_job or train.init_checkpoint is set (the official --resume).
+Mode = Literal["language-free", "supervised", "semi-supervised", "zero-shot"]
+MODES: tuple[str, ...] = typing.get_args(Mode)
 
 
 @dataclass(frozen=True)
@@ -51,7 +62,8 @@ class DataConfig:
     mirror: bool = False
     # Use only the first N training images (0 = all); the official --subset.
     max_train_images: int = 0
-    # Semi-supervised: the fraction of training images that keep their real captions.
+    # mode semi-supervised: the fraction p of training images that keep their real captions
+    # (0 = language-free, 1 = supervised; the official --ratio).
     paired_fraction: float = 1.0
     # "first": the first fraction of the sorted file list (official); "random": a seeded draw.
     paired_split: Literal["first", "random"] = "first"
@@ -61,7 +73,7 @@ class DataConfig:
 class WorldConfig:
     """The built-in synthetic world (mini and smoke scales only)."""
 
-    domain: Literal["scenes", "objects", "narratives", "web"] = "scenes"
+    domain: Literal["scenes", "objects", "narratives", "web", "faces", "portraits"] = "scenes"
     n_train: int = 4000
     n_test: int = 1000
     seed: int = 0
@@ -96,9 +108,6 @@ class PerturbConfig:
     xi: float = 1.0
     # Weight of the unit noise in the official convex mix (0.75 == xi 3).
     mix: float = 0.75
-    # Probability of using the pseudo text feature instead of the real text feature.
-    # 1.0: language-free; 0.0: fully supervised (official --mixing_prob).
-    mixing_prob: float = 1.0
     # Perturbation of real text features (official: mix 0.1; not in the paper; 0 disables).
     text_mix: float = 0.0
     # Share one noise draw between the text and the image perturbation (official).
@@ -178,8 +187,12 @@ class TrainConfig:
     eval_kimg: float = 1000.0
     log_every: int = 50
     device: str = "auto"
-    # Resume G, D and G_ema from a pre-trained generator job (fine-tuning rows).
+    # Fine-tuning (the official --resume): start G, D and G_ema from a pre-trained model, either
+    # a generator job of experiments/jobs.yaml or a checkpoint file; optimiser states, the step
+    # count and the path-length mean start fresh, and the EMA ramp-up is off (as in the official
+    # code). At most one of the two.
     init_job: str = ""
+    init_checkpoint: str = ""
 
 
 @dataclass(frozen=True)
@@ -266,7 +279,53 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> RunConfig:
         """Build from a nested dict as written by :meth:`to_dict` (validated)."""
-        return RunConfig().override(_flatten(data), where=where)
+        flat = {k: v for k, v in _flatten(data).items() if k not in _RETIRED_KEYS}
+        return RunConfig().override(flat, where=where).checked(where)
+
+    # -- the mode ----------------------------------------------------------------------------
+    @property
+    def pseudo_text_probability(self) -> float:
+        """Probability that a training sample's condition is a pseudo text feature rather than
+        its caption's feature (the official --mixing_prob), from the mode: 1 language-free, 0
+        supervised and semi-supervised (whose unpaired images take pseudo features anyway)."""
+        return 1.0 if self.mode == "language-free" else 0.0
+
+    @property
+    def uses_captions(self) -> bool:
+        """Whether training reads caption features of the training images."""
+        return self.mode in ("supervised", "semi-supervised")
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the run starts from (or, zero-shot, is) a pre-trained model."""
+        return bool(self.train.init_job or self.train.init_checkpoint)
+
+    def checked(self, where: str = "config") -> RunConfig:
+        """This configuration, after the checks that involve several fields (a single field's
+        type and range are checked when it is set). Raises ConfigError naming the fields."""
+        p = self.data.paired_fraction
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(
+                f"{where}: 'data.paired_fraction' must be in [0, 1] (the fraction of training "
+                f"images that keep their captions), got {p}"
+            )
+        if p != 1.0 and self.mode != "semi-supervised":
+            raise ConfigError(
+                f"{where}: 'data.paired_fraction' is {p} but mode is {self.mode!r}: the pair "
+                "fraction only applies with mode: semi-supervised (remove it, or set the mode)"
+            )
+        if self.train.init_job and self.train.init_checkpoint:
+            raise ConfigError(
+                f"{where}: set one of 'train.init_job' ({self.train.init_job!r}) and "
+                f"'train.init_checkpoint' ({self.train.init_checkpoint!r}), not both"
+            )
+        if self.mode == "zero-shot" and not self.pretrained:
+            raise ConfigError(
+                f"{where}: mode 'zero-shot' evaluates a pre-trained model without training: name "
+                "it with train.init_job (a generator job of experiments/jobs.yaml) or "
+                "train.init_checkpoint (a checkpoint file)"
+            )
+        return self
 
     def override(self, updates: dict[str, Any], where: str = "config") -> RunConfig:
         """A copy with dotted-key updates applied, each validated against the field's type.
@@ -282,6 +341,8 @@ class RunConfig:
 # -- helpers -----------------------------------------------------------------------------------
 
 _ALIASES = {"lambda": "lambda_"}
+# Keys that older checkpoints hold and the mode now decides (perturb.mixing_prob: see Mode).
+_RETIRED_KEYS = frozenset({"perturb.mixing_prob"})
 _PUBLIC = {v: k for k, v in _ALIASES.items()}
 
 
@@ -392,6 +453,7 @@ def _coerce(value: Any, hint: Any, dotted: str, where: str) -> Any:
 
 
 __all__ = [
+    "MODES",
     "ClipConfig",
     "DataConfig",
     "EvalConfig",

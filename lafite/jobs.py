@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from lafite.locks import exclusive
 from lafite.workspace import Workspace
 
 KINDS = ("world-clip", "inspector", "inference-model", "generator")
-_JOB_KEYS = {"kind", "description", "set", "scales"}
+_JOB_KEYS = {"kind", "description", "set", "scales", "from", "dataset"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,11 @@ class JobDefinition:
     description: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
     scales: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Generator jobs: the spec row whose recipe (at the needing run's scale) the pre-training
+    # starts from, {"spec": "table5", "row": "..."}, and the dataset it trains on (a real
+    # dataset id, resolved to its world analogue at the world scales).
+    source: dict[str, str] = field(default_factory=dict)
+    dataset: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,20 @@ def load_definitions(path: Path | None = None) -> dict[str, JobDefinition]:
             )
         if body.get("kind") not in KINDS:
             raise SpecError(f"{where}.kind: must be one of {', '.join(KINDS)}, got {body.get('kind')!r}")
+        source = body.get("from") or {}
+        if source and (not isinstance(source, dict) or set(source) != {"spec", "row"}
+                       or not all(isinstance(v, str) for v in source.values())):
+            raise SpecError(f"{where}.from: expected {{spec: <table id>, row: <row name>}}")
+        if source and body["kind"] != "generator":
+            raise SpecError(f"{where}.from: only generator jobs start from a spec row")
+        dataset = body.get("dataset", "")
+        if dataset:
+            from lafite.data.datasets import REAL_DATASETS
+
+            if dataset not in REAL_DATASETS:
+                raise SpecError(
+                    f"{where}.dataset: unknown dataset {dataset!r}; valid: {', '.join(REAL_DATASETS)}"
+                )
         scales = body.get("scales") or {}
         for scale in scales:
             if scale not in SCALES:
@@ -138,6 +156,8 @@ def load_definitions(path: Path | None = None) -> dict[str, JobDefinition]:
             description=body.get("description", ""),
             settings=dict(body.get("set") or {}),
             scales={k: dict(v or {}) for k, v in scales.items()},
+            source=dict(source),
+            dataset=dataset,
         )
     return out
 
@@ -198,8 +218,20 @@ def resolve(name: str, cfg: RunConfig, definitions: dict[str, JobDefinition] | N
         settings = {k: v for k, v in settings.items() if k in _INFERENCE_KNOBS}
     else:
         settings = {}
+    start = RunConfig()
+    if definition.kind == "generator":
+        # A pre-trained generator must fit the run that starts from it tensor for tensor: it
+        # takes the run's architecture as well as its condition space.
+        inherited.update({k: v for k, v in flat.items() if k.startswith("model.")})
+        if definition.source:
+            start = _source_config(definition, cfg.scale, where)
     try:
-        config = RunConfig().override(inherited, where=where).override(config_overrides, where=where)
+        config = start.override(inherited, where=where)
+        if definition.dataset:
+            from lafite.data.datasets import dataset_overrides
+
+            config = config.override(dataset_overrides(config, definition.dataset), where=where)
+        config = config.override(config_overrides, where=where).checked(where)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
     return Job(
@@ -211,6 +243,20 @@ def resolve(name: str, cfg: RunConfig, definitions: dict[str, JobDefinition] | N
         clip=condition_space(cfg),
         config=config,
     )
+
+
+def _source_config(definition: JobDefinition, scale: str, where: str) -> RunConfig:
+    """The resolved configuration of the spec row a generator job starts from, at ``scale``."""
+    from lafite.spec import find
+
+    spec = find(definition.source["spec"])
+    try:
+        row = spec.row(definition.source["row"])
+    except UserError as exc:
+        raise UserError(f"{where}.from: {exc}") from None
+    if row.reference:
+        raise UserError(f"{where}.from: {row.name!r} is a reference row; name a trainable row")
+    return spec.resolve(row, scale)
 
 
 def needed_jobs(cfg: RunConfig, definitions: dict[str, JobDefinition] | None = None) -> list[Job]:
@@ -318,14 +364,20 @@ def _build_inference_model(job: Job, workspace: Workspace, folder: Path, progres
 
 
 def _build_generator(job: Job, workspace: Workspace, folder: Path, progress: bool) -> Path:
+    """Pre-train a generator. It trains in the run folder of its configuration, the folder a
+    table row of the same configuration trains in: a pre-training that equals a row (Figure 7's
+    language-free model is Table 5's full LAFITE_G row at the same scale) is trained once."""
+    from lafite.spec import run_hash
     from lafite.train import train_run
 
     assert job.config is not None
-    run_dir = folder / "run"
+    if job.config.train.init_job or job.config.perturb.nn_job:
+        raise UserError(f"generator job {job.name!r} cannot itself need a job (init_job, nn_job)")
+    run_dir = workspace.runs_dir / run_hash(job.config, run_job_hashes(job.config))
     result = train_run(job.config, run_dir, workspace, None)
-    final = folder / "generator.pt"
-    shutil.copyfile(result.final_checkpoint, final)
-    return final
+    (folder / "run.json").write_text(json.dumps({"run_dir": str(run_dir),
+                                                 "kimg": result.kimg}, indent=2))
+    return Path(result.final_checkpoint)
 
 
 BUILDERS: dict[str, Callable[[Job, Workspace, Path, bool], Path]] = {

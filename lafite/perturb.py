@@ -6,7 +6,8 @@
 - :class:`InferenceModel`: Eq. 2, h~ = f + r1(f) + eps * exp(r2(f)) (LAFITE_NN), trained by
   :func:`train_inference_model` to maximise cos(h', h) on paired image/text features.
 - :class:`ConditionMaker`: per training step, the condition of each sample: the pseudo text
-  feature with probability ``mixing_prob``, otherwise the (optionally perturbed) real text
+  feature (always in language-free training, never in supervised training, for the images
+  without captions in semi-supervised training), otherwise the (optionally perturbed) real text
   feature.
 """
 
@@ -167,22 +168,30 @@ def load_inference_model(path: str | Path, device: str | torch.device = "cpu") -
 class ConditionMaker:
     """Builds the per-sample condition h' of a training step from image and text features.
 
-    ``__call__(img_feat, txt_feat, generator)``: pseudo text features from ``img_feat`` by
-    ``cfg.kind``; each sample takes them with probability ``cfg.mixing_prob`` (one Bernoulli
-    draw per sample; 1 = all pseudo, 0 = all real text), otherwise its real text feature,
-    perturbed by ``cfg.text_mix`` when non-zero (the official 0.1). With ``cfg.share_noise``
-    the text perturbation reuses the pseudo feature's noise draw (the official code). All
-    randomness comes from ``generator`` so a step is reproducible.
+    ``__call__(img_feat, txt_feat, generator, paired)``: pseudo text features from ``img_feat``
+    by ``cfg.kind``; each sample takes them with probability ``pseudo_probability`` (the
+    official --mixing_prob, which the run's mode decides: 1 language-free, 0 supervised; one
+    Bernoulli draw per sample in between), and every sample whose ``paired`` entry is False
+    (semi-supervised: an image without its caption) takes them too; the others take their real
+    text feature, perturbed by ``cfg.text_mix`` when non-zero (the official 0.1). With
+    ``cfg.share_noise`` the text perturbation reuses the pseudo feature's noise draw (the
+    official code). All randomness comes from ``generator`` so a step is reproducible.
+
+    Unpaired images of a semi-supervised run get exactly the pseudo feature of language-free
+    training, so that p = 0 is language-free training and p = 1 supervised training. (The
+    official dataset stores normalize(0.25 f + 0.75 eps) as their "text" feature, which the loss
+    then perturbs once more by text_mix; that second, small perturbation is not reproduced.)
     """
 
-    def __init__(self, cfg: PerturbConfig, inference_model: InferenceModel | None = None) -> None:
+    def __init__(self, cfg: PerturbConfig, inference_model: InferenceModel | None = None,
+                 pseudo_probability: float = 1.0) -> None:
         if cfg.kind == "nn" and inference_model is None:
             raise ConfigError(
                 "perturb.kind is 'nn' but no inference model was given: set perturb.nn_job to an "
                 "inference-model job, or use perturb.kind 'gaussian'"
             )
-        if not 0.0 <= cfg.mixing_prob <= 1.0:
-            raise ConfigError(f"'perturb.mixing_prob' must be in [0, 1], got {cfg.mixing_prob}")
+        if not 0.0 <= pseudo_probability <= 1.0:
+            raise ConfigError(f"the pseudo-text probability must be in [0, 1], got {pseudo_probability}")
         if not 0.0 <= cfg.mix < 1.0 or not 0.0 <= cfg.text_mix < 1.0:
             raise ConfigError(
                 f"'perturb.mix' and 'perturb.text_mix' must be in [0, 1), got {cfg.mix} and "
@@ -192,6 +201,7 @@ class ConditionMaker:
             raise ConfigError(f"'perturb.xi' must be >= 0, got {cfg.xi}")
         self.cfg = cfg
         self.inference_model = inference_model
+        self.pseudo_probability = pseudo_probability
 
     def pseudo(self, img_feat: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Pseudo text features from image features and unit-Gaussian noise (Eq. 1 / Eq. 2)."""
@@ -212,25 +222,31 @@ class ConditionMaker:
         img_feat: torch.Tensor,
         txt_feat: torch.Tensor | None,
         generator: torch.Generator | None = None,
+        paired: torch.Tensor | None = None,
     ) -> torch.Tensor:
         cfg = self.cfg
         n, dim = img_feat.shape
         eps = _randn((n, dim), generator, img_feat.device)
-        if cfg.mixing_prob >= 1.0:
+        probability = self.pseudo_probability
+        if probability >= 1.0:
             return self.pseudo(img_feat, eps)
         if txt_feat is None:
             raise UserError(
-                f"perturb.mixing_prob is {cfg.mixing_prob} (< 1, some real captions) but this "
-                "run has no text features: use mixing_prob 1.0 for language-free training or "
-                "give the dataset captions"
+                "this run trains on captions (mode supervised or semi-supervised) but has no "
+                "caption features: give the dataset captions (a .txt per image), or use mode "
+                "language-free"
             )
         text = F.normalize(txt_feat.float(), dim=-1)
         if cfg.text_mix > 0:
             eps_text = eps if cfg.share_noise else _randn((n, dim), generator, img_feat.device)
             text = official_mix(text, cfg.text_mix, eps_text)
-        if cfg.mixing_prob <= 0.0:
+        use_pseudo = torch.zeros(n, dtype=torch.bool, device=img_feat.device)
+        if probability > 0.0:
+            use_pseudo = _rand((n,), generator, img_feat.device) < probability
+        if paired is not None:
+            use_pseudo = use_pseudo | ~paired.to(img_feat.device)
+        if not bool(use_pseudo.any()):
             return text
-        use_pseudo = _rand((n,), generator, img_feat.device) < cfg.mixing_prob
         return torch.where(use_pseudo.unsqueeze(1), self.pseudo(img_feat, eps), text)
 
 

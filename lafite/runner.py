@@ -119,12 +119,29 @@ def preflight(full: FullPlan, workspace: Workspace) -> None:
 
             for split in ("train", "test"):
                 open_dataset(cfg, split, workspace)
+        if cfg.train.init_checkpoint:
+            _check_init_checkpoint(cfg)
         clip_key = (cfg.clip.name, cfg.clip.pretrained)
         if cfg.clip.name != "world" and clip_key not in seen_clip:
             seen_clip.add(clip_key)
             from lafite.clip import load_clip
 
             load_clip(cfg.clip, workspace, cfg.data.resolution)
+
+
+def _check_init_checkpoint(cfg: Any) -> None:
+    """A pre-trained checkpoint a run names must exist and fit the run's generator."""
+    import torch
+
+    from lafite.model import Generator
+    from lafite.train import load_matching, read_pretrained
+
+    path = Path(cfg.train.init_checkpoint)
+    saved = read_pretrained(path)
+    cond_dim = int(saved.get("cond_dim") or 0)
+    with torch.device("meta"):
+        generator = Generator(cfg.model, cfg.data.resolution, cond_dim)
+    load_matching(generator, saved, "G_ema", path, load=False)
 
 
 # -- locks -------------------------------------------------------------------------------------
@@ -253,7 +270,19 @@ def run_spec(
         if jobs_mod.artifact_path(job, workspace) is None:
             console.print(f"building job {job.label} [{job.hash}] ...")
             started = time.perf_counter()
-            jobs_mod.ensure(job, workspace, progress=not quiet)
+            try:
+                jobs_mod.ensure(job, workspace, progress=not quiet)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                rows = sorted({run.row.name for run in full.runs
+                               if any(j.hash == job.hash for j in full.jobs_of_run[run.hash])})
+                cause = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+                raise UserError(
+                    f"job {job.name!r} ({job.kind}, {job.hash}) failed: {cause}. Nothing was "
+                    f"recorded for the rows that need it ({', '.join(rows)}); fix the cause and "
+                    "run the same command again"
+                ) from exc
             console.print(f"  done in {time.perf_counter() - started:.1f} s")
     job_tags = {}
     for job in full.jobs:

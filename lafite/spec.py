@@ -10,8 +10,11 @@ The schema has to fit every table and figure of the paper, not only Table 5:
 
 - rows of other methods that the suite does not train (AttnGAN, DALL-E, XMC-GAN ...) carry the
   paper's numbers only: ``reference: true`` and no ``set``;
-- tables that report several datasets side by side (Tables 3 and 4) give each row a ``group``
-  (the dataset column) and map it to a world domain per scale with row-level ``scales``;
+- tables that report several datasets side by side (Tables 3 and 4) give each row a ``dataset``
+  (a real dataset id: coco2014, cub, ln-coco, mm-celeba-hq, cc3m, ffhq). It is the row's column
+  group (shown under the paper's name of the dataset), and it resolves to ``data.dataset`` at
+  paper scale and to the dataset's world analogue (``world.domain``) at the world scales, so one
+  row serves every scale; a dataset the world has no domain for is rejected at load;
 - figures give rows an ``x`` value (Figure 7: the percentage of paired data; Figure 1: the number
   of parameters) and a ``series``, with the axis described by ``x_axis``.
 
@@ -19,8 +22,9 @@ Every mistake is a :class:`SpecError` that names the file, the line where YAML k
 and the field, because a spec is the one file a user edits to run an experiment.
 
 Resolution order of a run's configuration: RunConfig defaults, then ``base``, then the scale's
-overrides, then the row's ``set`` (and its ``needs``), then the row's own overrides for that
-scale, then the seed. Scales change the environment (data, sizes, schedule); rows change the
+overrides, then the row's ``dataset``, then the row's ``set`` (and its ``needs``), then the row's
+own overrides for that scale, then the seed; then the checks across fields (the mode and its
+pair fraction, the pre-trained model a zero-shot row needs). Scales change the environment (data, sizes, schedule); rows change the
 method; so a row's choice survives the scale unless the row itself says otherwise.
 """
 
@@ -74,6 +78,7 @@ class RowSpec:
     group: str = ""
     series: str = ""
     x: float | None = None
+    dataset: str = ""
     scale_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: str = ""
     # "file: rows[i] 'name'", for messages about this row.
@@ -139,6 +144,13 @@ class Spec:
         cfg = self.base_config(scale)
         where = row.where or f"{self.id}: row {row.name!r}"
         try:
+            if row.dataset:
+                from lafite.data.datasets import dataset_overrides
+
+                try:
+                    cfg = cfg.override(dataset_overrides(cfg, row.dataset), where=where)
+                except UserError as exc:
+                    raise SpecError(f"{where}: dataset (at scale {scale}): {exc}") from None
             cfg = cfg.override(row.overrides, where=f"{where}: set")
             cfg = cfg.override(
                 {NEEDS_FIELDS[role]: job for role, job in row.needs.items()}, where=f"{where}: needs"
@@ -147,7 +159,8 @@ class Spec:
                 row.scale_overrides.get(scale, {}), where=f"{where}: scales.{scale}"
             )
             cfg = cfg.override(extra or {}, where="--set")
-            return cfg.override({"train.seed": seed}, where=where)
+            cfg = cfg.override({"train.seed": seed}, where=where)
+            return cfg.checked(f"{where} (scale {scale})")
         except ConfigError as exc:
             raise SpecError(str(exc)) from None
 
@@ -212,6 +225,7 @@ _ROW_KEYS = {
     "group": str,
     "series": str,
     "x": (int, float),
+    "dataset": str,
     "scales": dict,
     "notes": str,
 }
@@ -380,15 +394,26 @@ def _parse_row(
             raise SpecError(f"{where}: scales.{scale_name}: expected a mapping of overrides")
         row_scales[scale_name] = body
     x = entry.get("x")
+    dataset = entry.get("dataset", "")
+    group = entry.get("group", "")
+    if dataset:
+        from lafite.data.datasets import DATASET_NAMES, REAL_DATASETS
+
+        if dataset not in REAL_DATASETS:
+            raise SpecError(
+                f"{where}: dataset: unknown dataset {dataset!r}; valid: {', '.join(REAL_DATASETS)}"
+            )
+        group = group or DATASET_NAMES[dataset]
     return RowSpec(
         name=entry["name"],
         overrides=dict(entry.get("set") or {}),
         paper=paper,
         needs=dict(needs),
         reference=reference,
-        group=entry.get("group", ""),
+        group=group,
         series=entry.get("series", ""),
         x=float(x) if x is not None else None,
+        dataset=dataset,
         scale_overrides=row_scales,
         notes=entry.get("notes", ""),
         where=where,

@@ -77,6 +77,51 @@ class TrainingDiverged(UserError):
         )
 
 
+def read_pretrained(path: Path) -> dict[str, Any]:
+    """A pre-trained checkpoint to start from (fine-tuning) or to evaluate (zero-shot)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"pre-trained checkpoint {path} does not exist (train.init_checkpoint): give the "
+            "path of a finished run's checkpoint.pt, or name a generator job in train.init_job"
+        )
+    saved = load_checkpoint(path, map_location="cpu")
+    missing = [k for k in ("G", "D", "G_ema") if k not in saved]
+    if missing:
+        raise UserError(f"pre-trained checkpoint {path} holds no {', '.join(missing)} network")
+    return saved
+
+
+def load_matching(module: nn.Module, saved: dict[str, Any], name: str, source: Path,
+                  load: bool = True) -> None:
+    """Load ``saved[name]`` into ``module``, requiring the same tensors with the same shapes
+    (``load=False`` only checks, e.g. against a module built on the meta device)."""
+    own = module.state_dict()
+    theirs = saved[name]
+    for key, tensor in own.items():
+        if key not in theirs:
+            problem = "is missing there"
+        elif tuple(theirs[key].shape) != tuple(tensor.shape):
+            problem = (f"has shape {tuple(theirs[key].shape)} there and {tuple(tensor.shape)} in "
+                       "this run")
+        else:
+            continue
+        raise UserError(
+            f"pre-trained checkpoint {source} holds another architecture: {name}.{key} "
+            f"{problem}. The run's model.* settings, data.resolution and condition dimension "
+            "(the CLIP or text encoder) must equal those of the pre-trained model"
+        )
+    extra = sorted(set(theirs) - set(own))
+    if extra:
+        raise UserError(
+            f"pre-trained checkpoint {source} holds another architecture: {name}.{extra[0]} "
+            "is not a tensor of this run's network. The run's model.* settings, data.resolution "
+            "and condition dimension must equal those of the pre-trained model"
+        )
+    if load:
+        module.load_state_dict(theirs)
+
+
 @dataclass
 class TrainCallbacks:
     """What a caller (the runner, a notebook, a test) hears from a training run.
@@ -183,6 +228,8 @@ class _State:
 
 
 def _total_steps(cfg: RunConfig) -> int:
+    if cfg.mode == "zero-shot":
+        return 0
     return max(1, math.ceil(cfg.train.kimg * 1000 / cfg.train.batch))
 
 
@@ -444,6 +491,13 @@ class StepRunner:
 # -- the run -----------------------------------------------------------------------------------
 
 
+@dataclass
+class _Evaluated:
+    """What the side tasks (sample grid, evaluation) read of a zero-shot run: its G_ema."""
+
+    G_ema: nn.Module
+
+
 class _Trainer:
     """Data, features, checkpoints and the schedule around a :class:`StepRunner`."""
 
@@ -474,8 +528,7 @@ class _Trainer:
             self.clip = self._clip_override
         else:
             self.clip = load_clip(cfg.clip, self.workspace, cfg.data.resolution, device=device)
-        # ConditionMaker reads real caption features only when mixing_prob < 1.
-        self.use_text = cfg.perturb.mixing_prob < 1.0
+        self.use_text = cfg.uses_captions
         self.text_features = self.text_offsets = None
 
         def prepare_data() -> None:
@@ -492,6 +545,12 @@ class _Trainer:
         ddp.barrier(self.ctx)
         if not self.ctx.is_main:
             prepare_data()
+        if self.use_text and len(self.text_features) == 0:
+            raise UserError(
+                f"mode {cfg.mode!r} trains on captions, but the training images in "
+                f"{self.dataset.root} have none (no .txt files): use mode language-free, or "
+                "give each image a same-named .txt of captions"
+            )
         self.n_images = len(self.dataset)
         self.images = TrainingImages(self.dataset, self.n_images, cfg.data.mirror)
         self.sampler = GlobalBatchSampler(len(self.images), cfg.train.seed)
@@ -504,7 +563,8 @@ class _Trainer:
         if cfg.train.channels_last:
             G.set_channels_last(True)
             D.set_channels_last(True)
-        self.condition_maker = ConditionMaker(cfg.perturb, self._inference_model())
+        self.condition_maker = ConditionMaker(cfg.perturb, self._inference_model(),
+                                              cfg.pseudo_text_probability)
         self.noise = torch.Generator()
         self.noise.manual_seed(cfg.train.seed)
         self.runner = StepRunner(cfg, G, D, self.clip, self.ctx, self.noise)
@@ -521,8 +581,10 @@ class _Trainer:
         )
 
     def _paired_mask(self, n: int) -> torch.Tensor:
-        """Which images keep their captions (semi-supervised ``data.paired_fraction``)."""
-        fraction = self.cfg.data.paired_fraction
+        """Which images keep their captions: all of them, except in semi-supervised training,
+        where a fraction ``data.paired_fraction`` does: the first of the sorted file list (the
+        official --ratio) or a seeded random subset (``data.paired_split: random``)."""
+        fraction = self.cfg.data.paired_fraction if self.cfg.mode == "semi-supervised" else 1.0
         if fraction >= 1.0:
             return torch.ones(n, dtype=torch.bool)
         count = int(round(fraction * n))
@@ -600,22 +662,35 @@ class _Trainer:
                             resumed_from=saved["step"], finished=saved["finished"])
         return True
 
-    def _load_init(self) -> None:
-        """Fine-tuning: start G, D and G_ema from a pre-trained run (no EMA ramp-up)."""
-        if not self.cfg.train.init_job:
-            return
+    def _init_source(self) -> Path | None:
+        """The pre-trained checkpoint this run starts from, or None (from scratch)."""
+        cfg = self.cfg
+        if cfg.train.init_checkpoint:
+            return Path(cfg.train.init_checkpoint)
+        if not cfg.train.init_job:
+            return None
         if self._init_checkpoint is None:
             raise UserError(
-                f"train.init_job={self.cfg.train.init_job!r} needs the pre-trained checkpoint: "
+                f"train.init_job={cfg.train.init_job!r} needs the pre-trained checkpoint: "
                 "run through `lafite-repro run`, which builds that job first"
             )
-        saved = load_checkpoint(Path(self._init_checkpoint), map_location="cpu")
+        return Path(self._init_checkpoint)
+
+    def _load_init(self) -> None:
+        """Fine-tuning (the official --resume): G, D and G_ema from a pre-trained checkpoint.
+
+        As in the official loop, only the networks' weights are taken: the optimisers, the step
+        count, the path-length mean and the sampler start fresh, and the EMA ramp-up is off so
+        that G_ema starts as the pre-trained G_ema rather than being re-averaged from scratch.
+        The architecture must match tensor for tensor; the first mismatch is named.
+        """
+        source = self._init_source()
+        if source is None:
+            return
+        saved = read_pretrained(source)
         r = self.runner
         for name, module in (("G", r.G), ("D", r.D), ("G_ema", r.G_ema)):
-            result = module.load_state_dict(saved[name], strict=False)
-            if result.missing_keys:
-                warnings.warn(f"init_job: {name} keys not in the pre-trained checkpoint: "
-                              f"{result.missing_keys[:5]}", stacklevel=2)
+            load_matching(module, saved, name, source)
         r.ema_rampup = False
 
     def _seed_global(self, salt: int) -> None:
@@ -632,17 +707,18 @@ class _Trainer:
         indices = self.sampler.take(self.state.step * batch, batch)
         base = (indices % self.n_images).numpy()
         img_feat = torch.from_numpy(np.ascontiguousarray(self.image_features[base]))
-        txt_feat = self._text_batch(base, img_feat) if self.use_text else None
-        cond = self.condition_maker(img_feat, txt_feat, self.noise).float().to(device)
+        txt_feat = paired = None
+        if self.use_text:
+            txt_feat, paired = self._text_batch(base)
+        cond = self.condition_maker(img_feat, txt_feat, self.noise, paired).float().to(device)
         images = self.images.batch(self.runner.local(indices)).to(device).float() / 127.5 - 1
         if cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, cond
 
-    def _text_batch(self, base: np.ndarray, img_feat: torch.Tensor) -> torch.Tensor:
-        """One random caption feature per image; unpaired images get a pseudo feature."""
-        from lafite.perturb import official_mix
-
+    def _text_batch(self, base: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """One random caption feature per image, and which images are paired (keep their
+        caption: semi-supervised ``data.paired_fraction``; an image without captions is not)."""
         offsets = self.text_offsets
         starts = torch.as_tensor(np.asarray(offsets[base]), dtype=torch.long)
         counts = torch.as_tensor(np.asarray(offsets[base + 1]), dtype=torch.long) - starts
@@ -650,23 +726,21 @@ class _Trainer:
         pick = (u * counts.clamp(min=1)).long().clamp(max=(counts - 1).clamp(min=0))
         rows = (starts + pick).clamp(max=max(len(self.text_features) - 1, 0))
         txt = torch.from_numpy(np.ascontiguousarray(self.text_features[rows.numpy()]))
-        unpaired = ~self.paired[torch.as_tensor(base)] | (counts == 0)
-        if bool(unpaired.any()):
-            # The official semi-supervised dataset gives unpaired images normalize(0.25 f + 0.75
-            # eps) as their "text" feature (official-lafite.md section 5).
-            eps = torch.randn(img_feat.shape, generator=self.noise)
-            pseudo = official_mix(img_feat, self.cfg.perturb.mix, eps)
-            txt = torch.where(unpaired[:, None], pseudo, txt)
-        return txt
+        paired = self.paired[torch.as_tensor(base)] & (counts > 0)
+        return txt, paired
 
     # -- side tasks ----------------------------------------------------------------------------
     def _grid_conditions(self) -> tuple[list[str], torch.Tensor]:
-        """Fixed captions for the sample grid: the first test captions (else training ones)."""
+        """Fixed conditions for the sample grid: the first test captions (else training ones);
+        for data without captions (the FFHQ analogue), the CLIP features of the first images
+        (image-conditioned generation, as the authors describe it for language-free models)."""
         from lafite.data.datasets import open_dataset
 
         try:
             source = open_dataset(self.cfg, "test", self.workspace)
         except UserError:
+            if self.dataset is None:
+                raise
             source = self.dataset
         captions: list[str] = []
         for i in range(min(len(source), 64)):
@@ -675,6 +749,11 @@ class _Trainer:
                 captions.append(texts[0])
             if len(captions) == GRID_SIZE // 2:
                 break
+        if not captions:
+            count = min(len(source), GRID_SIZE // 2)
+            feats = self.clip.encode_images(source.images(range(count)))
+            return [f"the image features of {source.files[i].name}" for i in range(count)], \
+                feats.to(self.device).float()
         feats = self.clip.encode_texts(captions).to(self.device).float()
         return captions, feats
 
@@ -733,6 +812,8 @@ class _Trainer:
             finished = None
         if finished is not None:
             return finished
+        if self.cfg.mode == "zero-shot":
+            return self._zero_shot()
         self._setup()
         resumed = self._resume()
         total = _total_steps(self.cfg)
@@ -786,6 +867,39 @@ class _Trainer:
                 self.callbacks.on_step(self.state.step)
         self._evaluate()
         return self._result(resumed)
+
+    def _zero_shot(self) -> TrainResult:
+        """Zero-shot (Table 2): no training; the pre-trained G_ema, evaluated on this run's data.
+
+        The run's checkpoint is the pre-trained one under this run's configuration (step 0,
+        finished), so that `evaluate` and `generate` treat it like any finished run.
+        """
+        from lafite.clip import load_clip
+        from lafite.model import Generator
+
+        cfg = self.cfg
+        source = self._init_source()
+        assert source is not None  # RunConfig.checked: zero-shot names a pre-trained model
+        saved = read_pretrained(source)
+        self.cond_dim = int(saved.get("cond_dim") or 0)
+        G_ema = Generator(cfg.model, cfg.data.resolution, self.cond_dim)
+        load_matching(G_ema, saved, "G_ema", source)
+        G_ema = G_ema.to(self.device).eval().requires_grad_(False)
+        if self.ctx.is_main:
+            state = {**saved, "config": cfg.to_dict(), "resolution": cfg.data.resolution,
+                     "step": 0, "cur_nimg": 0, "kimg": 0.0, "finished": True,
+                     "pretrained_from": str(source)}
+            save_atomic(state, self.checkpoint_path)
+        ddp.barrier(self.ctx)
+        self.clip = (self._clip_override if self._clip_override is not None
+                     else load_clip(cfg.clip, self.workspace, cfg.data.resolution,
+                                    device=self.device))
+        self.dataset = None
+        self.runner = _Evaluated(G_ema)
+        self._sample_grid()
+        self._evaluate()
+        return TrainResult(final_checkpoint=self.checkpoint_path, kimg=0.0, steps=0,
+                           resumed_from=None)
 
     def _result(self, resumed: bool) -> TrainResult:
         return TrainResult(final_checkpoint=self.checkpoint_path,

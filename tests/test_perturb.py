@@ -124,8 +124,8 @@ def test_load_inference_model_errors(tmp_path):
         load_inference_model(bad)
 
 
-def _maker(**kw) -> ConditionMaker:
-    return ConditionMaker(PerturbConfig(**kw))
+def _maker(mixing_prob: float = 1.0, **kw) -> ConditionMaker:
+    return ConditionMaker(PerturbConfig(**kw), pseudo_probability=mixing_prob)
 
 
 def test_condition_maker_language_free_is_eq1_with_generator_noise():
@@ -146,6 +146,25 @@ def test_condition_maker_supervised_and_mixed():
     from_txt = torch.isclose(h, txt, atol=1e-6).all(dim=1)
     assert bool((from_img ^ from_txt).all())
     assert 150 < int(from_img.sum()) < 250  # per-sample Bernoulli(0.5)
+
+
+def test_condition_maker_semi_supervised_unpaired_images_get_pseudo_features():
+    img, txt = _unit(6, seed=1), _unit(6, seed=2)
+    paired = torch.tensor([True, False, True, False, False, True])
+    h = _maker(mixing_prob=0.0, kind="gaussian", xi=1.0)(
+        img, txt, torch.Generator().manual_seed(5), paired
+    )
+    eps = torch.randn(6, DIM, generator=torch.Generator().manual_seed(5))
+    expected = torch.where(paired[:, None], txt, gaussian(img, 1.0, eps))
+    assert torch.allclose(h, expected, atol=1e-6)
+    # Every image unpaired is language-free training, step for step (same noise, same h').
+    none_paired = _maker(mixing_prob=0.0, kind="gaussian", xi=1.0)(
+        img, txt, torch.Generator().manual_seed(5), torch.zeros(6, dtype=torch.bool)
+    )
+    language_free = _maker(mixing_prob=1.0, kind="gaussian", xi=1.0)(
+        img, None, torch.Generator().manual_seed(5)
+    )
+    assert torch.allclose(none_paired, language_free, atol=1e-6)
 
 
 def test_condition_maker_text_mix_and_shared_noise():
@@ -175,7 +194,7 @@ def test_condition_maker_nn_uses_inference_model():
 def test_condition_maker_user_errors():
     with pytest.raises(UserError, match="perturb.nn_job"):
         ConditionMaker(PerturbConfig(kind="nn"))
-    with pytest.raises(UserError, match="mixing_prob"):
+    with pytest.raises(UserError, match="supervised"):
         _maker(mixing_prob=0.5)(_unit(2), None, torch.Generator())
-    with pytest.raises(UserError, match="mixing_prob"):
+    with pytest.raises(UserError, match="probability"):
         _maker(mixing_prob=1.5)

@@ -153,7 +153,7 @@ def test_variants_bf16_channels_last_g_first_supervised_semi_mirror(workspace, t
     seen = []
     cfg = smoke_config(**{
         "train.precision": "bf16", "train.channels_last": True, "train.update_order": "g-first",
-        "train.kimg": 0.016, "mode": "semi-supervised", "perturb.mixing_prob": 0.5,
+        "train.kimg": 0.016, "mode": "semi-supervised",
         "perturb.text_mix": 0.1, "data.paired_fraction": 0.5, "data.mirror": True,
         "loss.pl_weight": 2.0, "loss.pl_interval": 2, "loss.logits": "exp",
         "loss.reduction": "mean",
@@ -175,3 +175,82 @@ def test_resuming_with_a_different_model_config_is_refused(workspace, tmp_path, 
     with pytest.raises(UserError, match="loss.tau"):
         train_run(smoke_config(**{"train.kimg": 0.024, "loss.tau": 0.1}), run_dir, workspace,
                   clip=clip)
+
+
+# -- modes: fine-tuning, zero-shot, semi-supervised ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pretrained(workspace, tmp_path_factory, clip):
+    """A finished smoke run to start from."""
+    run_dir = tmp_path_factory.mktemp("pretrained")
+    return train_run(smoke_config(**{"train.kimg": 0.008}), run_dir, workspace,
+                     clip=clip).final_checkpoint
+
+
+def test_fine_tuning_starts_from_the_pretrained_networks(workspace, tmp_path, clip, pretrained):
+    first_eval = {}
+
+    def evaluate(g_ema, kimg):
+        if not first_eval:
+            first_eval.update({k: v.clone() for k, v in g_ema.state_dict().items()})
+        return {}
+
+    cfg = smoke_config(**{"train.kimg": 0.008, "mode": "supervised",
+                          "train.init_checkpoint": str(pretrained)})
+    result = train_run(cfg, tmp_path / "run", workspace, TrainCallbacks(evaluate=evaluate),
+                       clip=clip)
+    assert (result.steps, result.resumed_from) == (2, None)  # a fresh schedule
+    before = _weights(pretrained)
+    for name, tensor in before["G_ema"].items():
+        assert torch.equal(first_eval[name], tensor), f"G_ema.{name} was not restored"
+    after = _weights(result.final_checkpoint)
+    assert not all(torch.equal(after["G"][k], v) for k, v in before["G"].items())  # it trained
+    saved = torch.load(result.final_checkpoint, map_location="cpu", weights_only=True)
+    assert saved["step"] == 2 and saved["ema_rampup"] is False
+
+
+def test_init_checkpoint_missing_or_of_another_architecture(workspace, tmp_path, clip, pretrained):
+    missing = smoke_config(**{"train.init_checkpoint": str(tmp_path / "nope.pt")})
+    with pytest.raises(UserError, match=r"nope\.pt does not exist"):
+        train_run(missing, tmp_path / "a", workspace, clip=clip)
+    wider = smoke_config(**{"train.init_checkpoint": str(pretrained), "model.channel_max": 64})
+    with pytest.raises(UserError) as info:
+        train_run(wider, tmp_path / "b", workspace, clip=clip)
+    message = str(info.value)
+    assert str(pretrained) in message and "another architecture" in message
+    assert "G." in message and "shape" in message
+
+
+def test_zero_shot_evaluates_the_pretrained_generator_without_training(
+        workspace, tmp_path, clip, pretrained):
+    evaluated = []
+    cfg = smoke_config(**{"mode": "zero-shot", "train.init_checkpoint": str(pretrained)})
+    result = train_run(cfg, tmp_path / "run", workspace,
+                       TrainCallbacks(evaluate=lambda g, kimg: evaluated.append(kimg) or {}),
+                       clip=clip)
+    assert (result.steps, result.kimg, evaluated) == (0, 0.0, [0.0])
+    _assert_equal_weights(_weights(pretrained), _weights(result.final_checkpoint))
+    g_ema, saved_cfg = load_generator(result.final_checkpoint)
+    assert saved_cfg.mode == "zero-shot"
+    # A second call finds it finished and does nothing.
+    again = train_run(cfg, tmp_path / "run", workspace, clip=clip)
+    assert again.steps == 0 and again.resumed_from == 0
+
+
+@pytest.mark.parametrize("split", ["first", "random"])
+def test_semi_supervised_pairs_a_fraction_of_the_images(workspace, tmp_path, clip, split):
+    from lafite.train import _Trainer
+
+    cfg = smoke_config(**{"mode": "semi-supervised", "data.paired_fraction": 0.25,
+                          "data.paired_split": split})
+    trainer = _Trainer(cfg, tmp_path / "run", workspace, TrainCallbacks(), clip, None, None)
+    mask = trainer._paired_mask(48)
+    assert int(mask.sum()) == 12
+    if split == "first":
+        assert mask[:12].all() and not mask[12:].any()  # the official --ratio
+    else:
+        assert not mask[:12].all()
+    supervised = _Trainer(smoke_config(**{"mode": "supervised"}), tmp_path / "r2", workspace,
+                          TrainCallbacks(), clip, None, None)
+    assert supervised._paired_mask(48).all()

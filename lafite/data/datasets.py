@@ -45,11 +45,47 @@ REAL_DATASETS = {
     ),
 }
 VALID_DATASETS = ("world", "folder", *REAL_DATASETS)
+# The world domain standing in for each real dataset at mini and smoke scale.
+WORLD_ANALOGUES = {
+    "coco2014": "scenes",
+    "cub": "objects",
+    "ln-coco": "narratives",
+    "mm-celeba-hq": "faces",
+    "cc3m": "web",
+    "ffhq": "portraits",
+}
+# How the paper names each dataset (table columns).
+DATASET_NAMES = {
+    "coco2014": "MS-COCO",
+    "cub": "CUB",
+    "ln-coco": "LN-COCO",
+    "mm-celeba-hq": "MM-CelebA-HQ",
+    "cc3m": "CC3M",
+    "ffhq": "FFHQ",
+}
 SPLITS = ("train", "test")
 _FOLDER_LAYOUT = (
     "an image + caption folder: k.png/k.jpg next to k.txt with one caption per line "
     "(the official LAFITE dataset_tool source format)"
 )
+
+
+def dataset_overrides(cfg: RunConfig, dataset: str) -> dict[str, str]:
+    """The dotted overrides that make ``cfg`` read ``dataset`` (a real dataset id): the dataset
+    itself where ``cfg`` reads real data, its world analogue where it reads the world (mini and
+    smoke scale). Raises UserError for an unknown id or one the world has no analogue for."""
+    if dataset not in REAL_DATASETS:
+        raise UserError(
+            f"unknown dataset {dataset!r}; valid: {', '.join(REAL_DATASETS)}"
+        )
+    if cfg.data.dataset != "world":
+        return {"data.dataset": dataset}
+    if dataset not in WORLD_ANALOGUES:
+        raise UserError(
+            f"the built-in world has no domain for dataset {dataset!r} (world analogues exist "
+            f"for {', '.join(WORLD_ANALOGUES)}); run this row at paper scale only"
+        )
+    return {"world.domain": WORLD_ANALOGUES[dataset]}
 
 
 def world_folder(cfg: RunConfig, split: str, workspace: Workspace) -> Path:
@@ -112,4 +148,4 @@ def _real_path(cfg: RunConfig, split: str) -> Path:
     return Path(data.data_root).expanduser() / data.dataset / split
 
 
-__all__ = ["REAL_DATASETS", "VALID_DATASETS", "open_dataset", "world_folder"]
+__all__ = ["DATASET_NAMES", "REAL_DATASETS", "WORLD_ANALOGUES", "dataset_overrides", "VALID_DATASETS", "open_dataset", "world_folder"]
