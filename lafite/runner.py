@@ -94,6 +94,21 @@ def describe_plan(full: FullPlan, console: Console, show_configs: bool = True) -
             f"  {run.hash}  {run.row.name}  seed {run.seed}  {run.config.train.kimg:g} kimg  {changes}",
             markup=False,
         )
+    from lafite.data.datasets import data_location
+
+    reads: dict[str, list[str]] = {}
+    for cfg, who in [(run.config, run.row.name) for run in full.runs] + \
+            [(job.config, f"job {job.name}") for job in full.jobs if job.config is not None]:
+        splits = ("train",) if cfg.mode == "zero-shot" else ("train", "test")
+        if cfg.mode == "zero-shot":
+            splits = ("test",) if cfg.eval.reference_split == "test" else ("train", "test")
+        for split in splits:
+            reads.setdefault(f"{split}: {data_location(cfg, split)}", []).append(who)
+    console.print("data it reads (split: where, for whom):")
+    for where, who in reads.items():
+        names = sorted(set(who))
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        console.print(f"  {where}  [{shown}]", markup=False)
     if show_configs and full.runs:
         console.print(f"[bold]resolved configuration[/bold] of {full.runs[0].label}:")
         console.print(yaml.safe_dump(full.runs[0].config.to_dict(), sort_keys=False), markup=False)
@@ -106,18 +121,19 @@ def preflight(full: FullPlan, workspace: Workspace) -> None:
     """Check what would otherwise fail half-way, before anything is recorded or trained: real
     datasets must exist (the data layer's UserError names the path and how to get the data),
     and so must the weights of a real CLIP (open_clip fails fast offline with a UserError)."""
-    configs = [run.config for run in full.runs]
-    configs += [job.config for job in full.jobs if job.config is not None]
+    # A pre-training job reads its training split only (FFHQ has no test captions to score).
+    configs = [(run.config, ("train", "test")) for run in full.runs]
+    configs += [(job.config, ("train",)) for job in full.jobs if job.config is not None]
     seen_data: set[tuple] = set()
     seen_clip: set[tuple] = set()
-    for cfg in configs:
+    for cfg, splits in configs:
         key = (cfg.data.dataset, cfg.data.data_root, cfg.data.train_path, cfg.data.test_path,
-               cfg.data.resolution, cfg.world.domain)
+               cfg.data.resolution, cfg.world.domain, splits)
         if cfg.data.dataset != "world" and key not in seen_data:
             seen_data.add(key)
             from lafite.data.datasets import open_dataset
 
-            for split in ("train", "test"):
+            for split in splits:
                 open_dataset(cfg, split, workspace)
         if cfg.train.init_checkpoint:
             _check_init_checkpoint(cfg)

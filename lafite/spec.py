@@ -212,6 +212,7 @@ _TOP_KEYS = {
     "scales": dict,
     "notes": str,
     "x_axis": dict,
+    "extends": str,
 }
 _REQUIRED_TOP = ("id", "title", "paper", "metrics", "rows", "scales")
 _PAPER_KEYS = {"table": int, "figure": int, "section": str, "page": int}
@@ -235,6 +236,14 @@ _X_AXIS_KEYS = {"label": str, "log": bool, "unit": str}
 def load(path: str | Path) -> Spec:
     """Read and validate one spec file; every problem is a :class:`SpecError`."""
     path = Path(path)
+    return parse(_read_yaml(path), path)
+
+
+def _read_yaml(path: Path, chain: tuple[str, ...] = ()) -> Any:
+    """A spec file's YAML, with the ``base`` and ``scales`` of the spec it ``extends`` merged
+    under its own (dotted key by dotted key), so that tables sharing the paper's setting and
+    the scales' recipes (Tables 1, 2 and 4 share Table 5's) state them once and resolve to the
+    same configurations, hence the same runs."""
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -248,7 +257,40 @@ def load(path: str | Path) -> Spec:
         context = getattr(exc, "context", None)
         detail = f"{context}: {problem}" if context else problem
         raise SpecError(f"{where}: YAML syntax error: {detail}. Fix the file at that line.") from None
-    return parse(data, path)
+    if isinstance(data, dict) and "extends" in data:
+        parent_id = data["extends"]
+        if not isinstance(parent_id, str):
+            raise SpecError(f"{path}: extends: must be the id of another spec, got {parent_id!r}")
+        if parent_id in chain or parent_id == path.stem:
+            raise SpecError(f"{path}: extends: {parent_id!r} extends itself (through {' -> '.join(chain)})")
+        files = spec_files()
+        parent_path = path.parent / f"{parent_id}.yaml"
+        if not parent_path.is_file():
+            parent_path = files.get(parent_id)  # type: ignore[assignment]
+        if parent_path is None:
+            raise SpecError(
+                f"{path}: extends: no spec {parent_id!r}; specs: {', '.join(files)}"
+            )
+        parent = _read_yaml(Path(parent_path), (*chain, path.stem))
+        if not isinstance(parent, dict):
+            raise SpecError(f"{parent_path}: a spec must be a mapping")
+        data = dict(data)
+        data["base"] = _merged(parent.get("base") or {}, data.get("base") or {})
+        scales = dict(parent.get("scales") or {})
+        for name, body in (data.get("scales") or {}).items():
+            scales[name] = _merged(scales.get(name) or {}, body or {})
+        data["scales"] = scales
+    return data
+
+
+def _merged(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` over ``parent``, as flat dotted keys (a child's ``loss.gamma`` replaces the
+    parent's ``loss: {gamma}`` and keeps its siblings)."""
+    from lafite.config import _flatten
+
+    if not isinstance(parent, dict) or not isinstance(child, dict):
+        return child
+    return {**_flatten(parent), **_flatten(child)}
 
 
 def parse(data: Any, path: Path) -> Spec:

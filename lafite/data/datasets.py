@@ -129,6 +129,20 @@ def open_dataset(
     return ImageTextFolder(path, data.resolution, max_images=limit)
 
 
+def data_location(cfg: RunConfig, split: str) -> str:
+    """Where ``open_dataset`` will read ``split`` of ``cfg``'s data, without reading it: the
+    folder of a real dataset (or what is missing to know it), or the world domain."""
+    if cfg.data.dataset == "world":
+        size = cfg.world.n_train if split == "train" else cfg.world.n_test
+        return (f"the built-in world: domain {cfg.world.domain}, {size} images at "
+                f"{cfg.data.resolution} px (generated into the workspace)")
+    try:
+        return str(_real_path(cfg, split))
+    except UserError:
+        root = "<data.data_root>"
+        return f"{root}/{cfg.data.dataset}/{split} (set data.data_root or data.{split}_path)"
+
+
 def _real_path(cfg: RunConfig, split: str) -> Path:
     data = cfg.data
     explicit = data.train_path if split == "train" else data.test_path
@@ -148,4 +162,4 @@ def _real_path(cfg: RunConfig, split: str) -> Path:
     return Path(data.data_root).expanduser() / data.dataset / split
 
 
-__all__ = ["DATASET_NAMES", "REAL_DATASETS", "WORLD_ANALOGUES", "dataset_overrides", "VALID_DATASETS", "open_dataset", "world_folder"]
+__all__ = ["DATASET_NAMES", "REAL_DATASETS", "WORLD_ANALOGUES", "dataset_overrides", "VALID_DATASETS", "data_location", "open_dataset", "world_folder"]

@@ -294,30 +294,34 @@ _UNIT_DIVISORS = {"": 1.0, "m": 1e6, "million": 1e6, "millions": 1e6, "b": 1e9, 
 
 
 def _measured_model_sizes(table: tables.TableResult) -> dict[str, float]:
-    """Trainable generator parameters of each run row at this scale, in the x axis's unit.
+    """Trainable parameters (G + D; CLIP is frozen) of each run row, in the x axis's unit.
 
-    Built on PyTorch's meta device from the resolved configuration (no memory, no weights), so
-    Figure 1's reproduced points sit at the size of the model actually trained, not the paper's.
+    Counted on the networks as this suite builds them at paper scale (PyTorch's meta device: no
+    memory, no weights), whatever scale the table ran at: Figure 1 compares the sizes of models
+    at their real size, and the reproduced point sits at our count, not at the paper's number.
     """
     unit = str(table.spec.x_axis.get("unit", "")).lower().split(" ")[0]
     divisor = _UNIT_DIVISORS.get(unit.rstrip("s") if unit not in _UNIT_DIVISORS else unit, 1.0)
+    scale = "paper" if "paper" in table.spec.scales else table.scale
     sizes = {}
     for r in table.rows:
         if r.row.reference or not r.run_ids:
             continue
-        count = _generator_parameters(table.spec, r.row, table.scale)
+        count = trainable_parameters(table.spec, r.row, scale)
         if count is not None:
             sizes[r.name] = count / divisor
     return sizes
 
 
-def _generator_parameters(spec: Spec, row: spec_mod.RowSpec, scale: str) -> int | None:
+def trainable_parameters(spec: Spec, row: spec_mod.RowSpec, scale: str) -> int | None:
+    """G + D parameters of ``row`` resolved at ``scale`` (None when the size cannot be derived,
+    e.g. a CLIP whose feature dimension is unknown)."""
     try:
         import json
 
         import torch
 
-        from lafite.model.generator import Generator, count_parameters
+        from lafite.model import Discriminator, Generator, count_parameters
 
         cfg = spec.resolve(row, scale, 0)
         cond = cfg.model.cond_features
@@ -326,11 +330,14 @@ def _generator_parameters(spec: Spec, row: spec_mod.RowSpec, scale: str) -> int 
                 config = Path(__file__).resolve().parent.parent / "clip_configs" / \
                     f"world-clip-{cfg.data.resolution}.json"
                 cond = int(json.loads(config.read_text())["embed_dim"])
+            elif cfg.clip.name in ("ViT-B-32", "ViT-B-16"):
+                cond = 512
             else:
-                cond = 512 if "B-32" in cfg.clip.name or "B-16" in cfg.clip.name else 768
+                return None
         with torch.device("meta"):
             generator = Generator(cfg.model, cfg.data.resolution, cond)
-        return count_parameters(generator)
+            discriminator = Discriminator(cfg.model, cfg.data.resolution, cond)
+        return count_parameters(generator) + count_parameters(discriminator)
     except Exception:  # a size we cannot derive leaves the point at the spec's x
         return None
 
