@@ -216,3 +216,137 @@ def test_schema_fits_figures_and_multi_dataset_tables(tmp_path):
     assert (row.x, row.series, row.group) == (10.0, "LAFITE", "MS-COCO")
     assert spec.resolve(row, "smoke").data.paired_fraction == 0.1
     assert spec.row("XMC-GAN").paper == {"IS": 30.45, "FID-0": 9.33}
+
+
+# -- the tables of the other settings (zero-shot, supervised, fine-tuning, semi-supervised) ----
+
+
+def test_new_specs_hold_the_printed_numbers():
+    t2, t3, t4 = (spec_mod.find(i) for i in ("table2", "table3", "table4"))
+    assert t2.row("DALL-E").paper == {"IS": 17.90, "FID-0": 27.50, "FID-1": 28.00,
+                                      "FID-2": 45.50, "FID-4": 83.50, "FID-8": 85.00}
+    assert t2.row("CogView").paper == {} and t2.row("CogView").reference
+    assert t2.row("LAFITE").paper["FID-8"] == 14.79 and t2.row("LAFITE").paper["SOA-I"] == 54.25
+    assert t3.row("XMC-GAN (MS-COCO)").paper == {"IS": 30.45, "FID-0": 9.33, "SOA-C": 50.94,
+                                                 "SOA-I": 71.33}
+    assert t3.row("DF-GAN (MS-COCO)").paper == {"FID-0": 21.42}  # dashes stay missing
+    assert t3.row("LAFITE (MM-CelebA-HQ)").paper == {"IS": 2.93, "FID-0": 12.54}
+    assert t4.row("fine-tuned LAFITE_NN (MS-COCO)").paper == {"IS": 26.55, "FID-0": 17.44}
+    assert t4.row("scratch LAFITE_NN (MS-COCO)").paper["FID-0"] == 26.56  # Table 5 prints 26.48
+    assert t4.row("scratch LAFITE_G (CUB)").group == "CUB"
+    f7 = spec_mod.find("figure7")
+    assert [r.x for r in f7.trainable_rows] == [0, 10, 25, 50, 75, 100]
+    assert all(not r.paper for r in f7.trainable_rows)  # the points are only in the figure
+    assert f7.row("XMC-GAN").paper == {"IS": 30.45, "FID-0": 9.33}
+    f1 = spec_mod.find("figure1")
+    assert (f1.row("DALL-E").x, f1.row("CogView").x, f1.row("LAFITE").x) == (12000, 4000, 75)
+
+
+@pytest.mark.parametrize("scale", ["smoke", "mini", "paper"])
+def test_rows_equal_to_table5_rows_are_the_same_runs(scale):
+    t5 = {r.row.name: r.hash for r in spec_mod.plan(spec_mod.find("table5"), scale)}
+    t4 = {r.row.name: r.hash for r in spec_mod.plan(spec_mod.find("table4"), scale)}
+    assert t4["scratch LAFITE_G (MS-COCO)"] == t5["LAFITE_G +L_ConG +L_ConD"]
+    assert t4["scratch LAFITE_NN (MS-COCO)"] == t5["LAFITE_NN +L_ConG +L_ConD"]
+    t2 = spec_mod.plan(spec_mod.find("table2"), scale)
+    f1 = spec_mod.plan(spec_mod.find("figure1"), scale)
+    assert [r.hash for r in t2] == [r.hash for r in f1]
+
+
+def test_modes_and_datasets_resolve_per_scale():
+    t3 = spec_mod.find("table3")
+    coco = t3.row("LAFITE (MS-COCO)")
+    paper, mini = t3.resolve(coco, "paper"), t3.resolve(coco, "mini")
+    assert (paper.mode, paper.data.dataset, paper.clip.name) == ("supervised", "coco2014", "ViT-B-16")
+    assert (mini.data.dataset, mini.world.domain, mini.clip.name) == ("world", "scenes", "world")
+    faces = t3.resolve(t3.row("LAFITE (MM-CelebA-HQ)"), "mini")
+    assert (faces.world.domain, faces.loss.r1_gamma, faces.eval.metrics) == ("faces", 0.016,
+                                                                             ("IS", "FID-0"))
+    assert t3.resolve(t3.row("LAFITE (MM-CelebA-HQ)"), "paper").eval.n_samples == 6000
+    t2 = spec_mod.find("table2")
+    zero = t2.resolve(t2.row("LAFITE"), "mini")
+    assert (zero.mode, zero.train.init_job) == ("zero-shot", "pretrain-cc3m")
+    f7 = spec_mod.find("figure7")
+    half = f7.resolve(f7.row("LAFITE p=50%"), "mini")
+    assert (half.mode, half.data.paired_fraction, half.train.init_job) == (
+        "semi-supervised", 0.5, "pretrain-coco-language-free")
+
+
+def test_a_pretraining_job_is_one_job_for_every_table_that_needs_it():
+    from lafite import jobs
+
+    hashes = set()
+    for spec_id, row in (("table2", "LAFITE"), ("figure1", "LAFITE"),
+                         ("table4", "fine-tuned LAFITE_G (CUB)"),
+                         ("table4", "fine-tuned LAFITE_NN (LN-COCO)")):
+        spec = spec_mod.find(spec_id)
+        cfg = spec.resolve(spec.row(row), "mini")
+        hashes.add(jobs.resolve("pretrain-cc3m", cfg).hash)
+    assert len(hashes) == 1
+    job = jobs.resolve("pretrain-cc3m", cfg)
+    assert (job.config.mode, job.config.world.domain) == ("supervised", "web")
+    # Figure 7's language-free model is Table 5's full LAFITE_G row: the same configuration.
+    f7 = spec_mod.find("figure7")
+    lf = jobs.resolve("pretrain-coco-language-free", f7.resolve(f7.row("LAFITE p=10%"), "mini"))
+    t5 = spec_mod.find("table5")
+    assert lf.config == t5.resolve(t5.row("LAFITE_G +L_ConG +L_ConD"), "mini")
+
+
+def _spec_with(tmp_path: Path, row: str, name: str = "tablebad") -> Path:
+    text = MINIMAL.format(id=name).replace(
+        "    set: {loss.con_g: false}\n", row
+    )
+    return write(tmp_path, text, name)
+
+
+@pytest.mark.parametrize(
+    "row, pattern",
+    [
+        ("    set: {mode: semi-supervised, data.paired_fraction: 1.5}\n",
+         r"tablebad\.yaml: rows\[0\] 'plain'.*'data\.paired_fraction' must be in \[0, 1\]"),
+        ("    set: {data.paired_fraction: 0.5}\n",
+         r"rows\[0\] 'plain'.*pair fraction only applies with mode: semi-supervised"),
+        ("    set: {mode: zero-shot}\n",
+         r"rows\[0\] 'plain'.*zero-shot.*train\.init_job"),
+        ("    dataset: imagenet\n", r"rows\[0\] 'plain': dataset: unknown dataset 'imagenet'"),
+    ],
+    ids=["fraction-out-of-range", "fraction-without-mode", "zero-shot-without-model",
+         "unknown-dataset"],
+)
+def test_bad_modes_and_datasets_are_rejected_at_load(tmp_path, row, pattern):
+    with pytest.raises(SpecError, match=pattern):
+        spec_mod.load(_spec_with(tmp_path, row))
+
+
+def test_a_dataset_the_world_has_no_domain_for_is_rejected_at_load(tmp_path, monkeypatch):
+    from lafite.data import datasets
+
+    monkeypatch.delitem(datasets.WORLD_ANALOGUES, "cub")
+    with pytest.raises(SpecError, match=r"rows\[0\] 'plain': dataset \(at scale \w+\): the "
+                       r"built-in world has no domain for dataset 'cub'"):
+        spec_mod.load(_spec_with(tmp_path, "    dataset: cub\n"))
+
+
+def test_extends_merges_base_and_scales_key_by_key(tmp_path):
+    (tmp_path / "parent.yaml").write_text(MINIMAL.format(id="parent"))
+    child = textwrap.dedent(
+        """\
+        id: child
+        title: child
+        paper: {table: 8}
+        extends: parent
+        metrics: [{name: IS, higher_is_better: true}]
+        base: {loss.gamma: 3}
+        rows: [{name: r}]
+        scales: {smoke: {train: {batch: 4}}}
+        """
+    )
+    spec = spec_mod.load(write(tmp_path, child, "child"))
+    cfg = spec.resolve(spec.row("r"), "smoke")
+    assert (cfg.loss.tau, cfg.loss.gamma) == (0.5, 3.0)  # the parent's tau is kept
+    assert (cfg.train.kimg, cfg.train.batch, cfg.data.resolution) == (0.1, 4, 16)
+    assert spec.scale("smoke").seeds == 2
+    (tmp_path / "loop.yaml").write_text(child.replace("id: child", "id: loop").replace(
+        "extends: parent", "extends: loop"))
+    with pytest.raises(SpecError, match="extends itself"):
+        spec_mod.load(tmp_path / "loop.yaml")
