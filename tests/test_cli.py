@@ -130,58 +130,6 @@ def test_console_script_error_is_one_line_without_traceback(workspace):
 # -- real smoke-scale training through subprocesses -------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory) -> Path:
-    """A models folder holding a tiny world CLIP and a tiny inspector for 16 px.
-
-    The real ones take minutes to train and the training under test does not care how good
-    they are, so tiny ones are trained here (seconds) and put where the suite looks for the
-    real ones. Every test workspace gets a copy: the tests exercise the real runner, training,
-    evaluation and MLflow code paths, only the helper models are small.
-    """
-    import shutil
-
-    import torch
-
-    from lafite.clip import (
-        WORLD_CLIP_WEIGHTS,
-        WorldClipTraining,
-        pretrain_world_clip,
-        world_clip_dir,
-    )
-    from lafite.data.inspector import InspectorConfig, inspector_path, train_inspector
-    from lafite.workspace import Workspace
-
-    torch.set_num_threads(1)
-    scratch = Workspace.resolve(tmp_path_factory.mktemp("tiny") / "build")
-    target = Workspace.resolve(tmp_path_factory.mktemp("tiny") / "ws")
-    resolution = 16
-    tiny_clip = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": resolution, "layers": 1, "width": 32, "head_width": 16,
-                       "patch_size": 4},
-        "text_cfg": {"context_length": 40, "vocab_size": 49408, "width": 32, "heads": 2,
-                     "layers": 1},
-    }
-    built = pretrain_world_clip(
-        scratch, resolution, progress=False, model_cfg=tiny_clip,
-        training=WorldClipTraining(n_train=128, steps=5, batch=32, warmup_steps=1, eval_groups=1),
-    )
-    real_place = world_clip_dir(target, resolution)
-    real_place.mkdir(parents=True)
-    shutil.copy(built / WORLD_CLIP_WEIGHTS, real_place / WORLD_CLIP_WEIGHTS)
-    shutil.copy(built / "meta.json", real_place / "meta.json")
-    # open_clip registers the model config under its file stem, which names the folder.
-    (config_file,) = [p for p in built.glob("*.json") if p.name != "meta.json"]
-    shutil.copy(config_file, real_place / config_file.name.replace(built.name, real_place.name))
-    inspector = train_inspector(
-        scratch, resolution, progress=False,
-        config=InspectorConfig(width=8, feature_dim=32, steps=20, batch=32, eval_images=32),
-    )
-    shutil.copy(inspector, inspector_path(target, resolution))
-    return target.models_dir
-
-
 @pytest.fixture
 def smoke_home(tmp_path, tiny_models) -> Path:
     import shutil

@@ -173,3 +173,38 @@ def test_preflight_names_the_missing_dataset(workspace, tmp_path):
     )
     with pytest.raises(UserError, match=r"coco2014.*not found at .*no-data-here"):
         runner.preflight(patched, workspace)
+
+
+def test_a_failed_pretraining_job_stops_the_table_and_records_nothing(
+        tmp_path, tiny_models, monkeypatch):
+    import shutil
+
+    from lafite.workspace import Workspace
+
+    home = tmp_path / "ws"
+    shutil.copytree(tiny_models, home / "models")
+    workspace = Workspace.resolve(home)
+
+    def broken(job, ws, folder, progress):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setitem(jobs_mod.BUILDERS, "generator", broken)
+    spec = spec_mod.find("table2")
+    with pytest.raises(UserError) as info:
+        runner.run_spec(spec, "smoke", workspace, quiet=True)
+    message = str(info.value)
+    assert "job 'pretrain-cc3m' (generator" in message and "simulated" in message
+    assert "Nothing was recorded for the rows that need it (LAFITE)" in message
+    from lafite.tracking import Tracker
+
+    tracker = Tracker(workspace)
+    assert tracker.experiment_id("table2", create=False) is None or not len(
+        tracker.runs_frame("table2", status=None))
+
+
+def test_preflight_checks_an_init_checkpoint_before_anything_runs(workspace, tmp_path):
+    spec = spec_mod.find("table5")
+    full = runner.make_plan(spec, "smoke", rows=["LAFITE_G"],
+                            extra={"train.init_checkpoint": str(tmp_path / "gone.pt")})
+    with pytest.raises(UserError, match=r"gone\.pt does not exist \(train\.init_checkpoint\)"):
+        runner.preflight(full, workspace)

@@ -139,7 +139,7 @@ def build_report(
             world_scales=tables.WORLD_SCALES, diagnostic_label=DIAGNOSTIC_LABEL,
             fmt=tables.fmt, fmt_signed=tables.fmt_signed, fmt_reproduced=tables.fmt_reproduced,
             metric_heading=tables.metric_heading, metric_caveat=tables.metric_caveat,
-            caveat_label=tables.caveat_label, **context,
+            caveat_label=tables.caveat_label, by_dataset=tables.by_dataset, **context,
         )
         path = out / f"{spec.id}.html"
         path.write_text(html)

@@ -371,6 +371,59 @@ def _agreement(col: MetricColumn, group: str, both: Sequence[RowResult]) -> Agre
     )
 
 
+# -- the paper's layout: methods by dataset ---------------------------------------------------
+
+
+@dataclass
+class DatasetGroup:
+    """One column group of a table laid out as the paper prints it (Tables 3 and 4)."""
+
+    name: str
+    columns: list[MetricColumn]
+
+
+@dataclass
+class MethodRow:
+    name: str
+    reference: bool
+    # (group, metric) -> the cell of the spec row holding that method on that dataset.
+    cells: dict[tuple[str, str], Cell]
+
+
+@dataclass
+class ByDataset:
+    groups: list[DatasetGroup]
+    rows: list[MethodRow]
+
+
+def by_dataset(table: TableResult) -> ByDataset | None:
+    """The table with one row per method (a spec row's ``series``) and one column group per
+    dataset (its ``group``), as Tables 3 and 4 print it; None for tables without both."""
+    rows = table.rows
+    if not table.has_groups or not all(r.row.series and r.row.group for r in rows):
+        return None
+    group_names: list[str] = []
+    method_names: list[str] = []
+    for r in rows:
+        if r.row.group not in group_names:
+            group_names.append(r.row.group)
+        if r.row.series not in method_names:
+            method_names.append(r.row.series)
+    groups = []
+    for name in group_names:
+        members = [r for r in rows if r.row.group == name]
+        columns = [c for c in table.columns
+                   if any(m.cells[c.name].paper is not None or m.cells[c.name].mean is not None
+                          for m in members)]
+        groups.append(DatasetGroup(name, columns))
+    methods = []
+    for method in method_names:
+        members = [r for r in rows if r.row.series == method]
+        cells = {(r.row.group, name): cell for r in members for name, cell in r.cells.items()}
+        methods.append(MethodRow(method, all(r.row.reference for r in members), cells))
+    return ByDataset(groups, methods)
+
+
 # -- formatting, shared by HTML and Markdown ---------------------------------------------------
 
 
@@ -474,6 +527,26 @@ def to_markdown(table: TableResult) -> str:
             others.append(f"- {_md_escape(r.name)}: " + ", ".join(
                 f"{count} run{'s' if count > 1 else ''} {status}"
                 for status, count in r.unfinished.items()))
+    pivot = by_dataset(table)
+    if pivot is not None:
+        lines += ["", "As the paper lays it out (methods by dataset; paper / here):", ""]
+        head = ["method"] + [f"{g.name} {metric_heading(c, table.scale)}"
+                             for g in pivot.groups for c in g.columns]
+        lines.append("| " + " | ".join(_md_escape(h) for h in head) + " |")
+        lines.append("|" + "|".join("---" if i == 0 else "--:" for i in range(len(head))) + "|")
+        for m in pivot.rows:
+            cells = [_md_escape(m.name) + (" (paper only)" if m.reference else "")]
+            for g in pivot.groups:
+                for c in g.columns:
+                    cell = m.cells.get((g.name, c.name))
+                    if cell is None:
+                        cells.append("")
+                        continue
+                    paper = fmt(cell.paper) if cell.paper is not None else "–"
+                    ours = "" if m.reference else " / " + (fmt(cell.mean) if cell.mean is not None
+                                                          else "–")
+                    cells.append(paper + ours)
+            lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("**Bold**: the best row per metric, in the paper's column and in ours. "
                  "Reproduced: mean ± standard deviation over seeds (n seeds).")
