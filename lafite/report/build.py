@@ -59,6 +59,7 @@ class _ScaleSection:
     urls: dict[str, str] = field(default_factory=dict)  # run id -> MLflow UI address
     curves: str | None = None
     x_figure: str | None = None
+    size_figure: str | None = None  # Figure 1's left panel
     grids: list[dict[str, Any]] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)  # reproducibility rows
     versions: list[tuple[str, str]] = field(default_factory=list)
@@ -230,6 +231,9 @@ def _fill_section(section: _ScaleSection, runs: SpecRuns, tracker: Any, workspac
 
     if table.has_x:
         our_x = _measured_model_sizes(table) if _x_is_model_size(spec) else None
+        if our_x is not None:
+            section.size_figure = figures.model_size_figure(
+                table, _measured_model_sizes(table, with_runs_only=False))
         section.x_figure = figures.x_axis_figure(table, our_x)
 
     if len(scale_runs) and tracker is not None:
@@ -293,7 +297,8 @@ _UNIT_DIVISORS = {"": 1.0, "m": 1e6, "million": 1e6, "millions": 1e6, "b": 1e9, 
                   "billions": 1e9, "k": 1e3, "thousand": 1e3}
 
 
-def _measured_model_sizes(table: tables.TableResult) -> dict[str, float]:
+def _measured_model_sizes(table: tables.TableResult, with_runs_only: bool = True
+                          ) -> dict[str, float]:
     """Trainable parameters (G + D; CLIP is frozen) of each run row, in the x axis's unit.
 
     Counted on the networks as this suite builds them at paper scale (PyTorch's meta device: no
@@ -305,7 +310,7 @@ def _measured_model_sizes(table: tables.TableResult) -> dict[str, float]:
     scale = "paper" if "paper" in table.spec.scales else table.scale
     sizes = {}
     for r in table.rows:
-        if r.row.reference or not r.run_ids:
+        if r.row.reference or (with_runs_only and not r.run_ids):
             continue
         count = trainable_parameters(table.spec, r.row, scale)
         if count is not None:

@@ -93,6 +93,39 @@ def training_curves(
     return to_data_uri(fig)
 
 
+def model_size_figure(table: TableResult, our_x: Mapping[str, float]) -> str | None:
+    """Figure 1's left panel: each model's size as the paper states it, and beside LAFITE's the
+    size counted on the networks this suite builds (``our_x``), on a log axis."""
+    spec = table.spec
+    labels, stated, counted = [], [], []
+    for r in table.rows:
+        if r.row.x is None:
+            continue
+        labels.append(r.name)
+        stated.append(r.row.x)
+        counted.append(our_x.get(r.name))
+    if not labels:
+        return None
+    unit = spec.x_axis.get("unit", "")
+    fig, (ax,) = _panels(1, width=5.5, height=3.2)
+    positions = np.arange(len(labels))
+    ax.bar(positions - 0.2, stated, width=0.4, color="#999999", label="stated in the paper")
+    ours = [(p, v) for p, v in zip(positions, counted) if v is not None]
+    if ours:
+        ax.bar([p + 0.2 for p, _ in ours], [v for _, v in ours], width=0.4, color=_PALETTE[0],
+               label="counted here (G + D at paper scale)")
+        for p, v in ours:
+            ax.annotate(f"{v:,.1f}", (p + 0.2, v), ha="center", va="bottom", fontsize=8)
+    for p, v in zip(positions, stated):
+        ax.annotate(f"{v:,.0f}", (p - 0.2, v), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(positions, labels)
+    ax.set_yscale("log")
+    ax.set_ylabel(f"{spec.x_axis.get('label', 'size')}" + (f" ({unit})" if unit else ""))
+    ax.set_title("model size", fontsize=10)
+    ax.legend(fontsize=7)
+    return to_data_uri(fig)
+
+
 def x_axis_figure(table: TableResult, our_x: Mapping[str, float] | None = None) -> str | None:
     """The figure analogue of a spec whose rows carry ``x`` (Figure 7: share of paired data;
     Figure 1: model size): per metric, the paper's series, reference methods without ``x`` as
@@ -159,10 +192,14 @@ def x_axis_figure(table: TableResult, our_x: Mapping[str, float] | None = None) 
         if world:
             ours_ax.set_title(f"{col.label}{unit} {col.arrow}: here ({table.scale}, built-in world)",
                               fontsize=10)
+        xs = [r.row.x for r in table.rows if r.row.x is not None]
         for ax in {id(paper_ax): paper_ax, id(ours_ax): ours_ax}.values():
             ax.set_xlabel(x_label)
             if log:
                 ax.set_xscale("log")
+            elif xs:  # the swept range, also where the paper prints no point (Figure 7)
+                pad = 0.05 * ((max(xs) - min(xs)) or 1.0)
+                ax.set_xlim(min(xs) - pad, max(xs) + pad)
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
