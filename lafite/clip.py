@@ -498,6 +498,9 @@ def pretrain_world_clip(
 ) -> Path:
     """Train the world's small CLIP on the ``web`` train split once; later calls return at once.
 
+    The web split is the CC3M analogue: mostly object images, and faces (``WEB_FACE_SHARE``)
+    with noisy face captions, so that the CLIP can also condition the face domains.
+
     Contrastive training with open_clip's ``ClipLoss``, AdamW and a warm-up + cosine schedule.
     The training images are generated in memory (the world renders thousands per second). The
     result is a folder with the open_clip config (its file stem is the model name), the weights
@@ -712,13 +715,21 @@ def attribute_probe(
 ) -> dict[str, float]:
     """What a CLIP's features say about a world image: linear-probe accuracies per attribute.
 
-    For the background and the main object's colour, shape, size and position: a probe fitted
-    and tested on image features (``image.*``), one on features of each image's first caption
+    For object images, the background and the main object's colour, shape, size and position
+    (``main-colour``, ...); for face images (both worlds all faces, e.g. the ``faces`` domain),
+    the background, hair, eyes, expression and accessory. For each: a probe fitted and tested
+    on image features (``image.*``), one on features of each image's first caption
     (``text.*``), and the image probe applied to the test captions' features
     (``image-to-text.*``: the language-free question, whether what is read from h' transfers to
     text). ``chance.*`` is the majority class's share of the test set.
     """
-    from lafite.data.inspector import MAIN_ATTRIBUTES, main_attribute_labels
+    from lafite.data.inspector import (
+        FACE_ATTRIBUTES,
+        MAIN_ATTRIBUTES,
+        face_attribute_labels,
+        main_attribute_labels,
+    )
+    from lafite.data.world import FaceTruth
 
     def encode(world: _LabelledWorld, n: int) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
         indices = list(range(min(n, len(world))))
@@ -728,9 +739,13 @@ def attribute_probe(
 
     train_images, train_texts, train_truths = encode(train_world, n_train)
     test_images, test_texts, test_truths = encode(test_world, len(test_world))
-    train_labels, test_labels = main_attribute_labels(train_truths), main_attribute_labels(test_truths)
+    if all(isinstance(t, FaceTruth) for t in train_truths + test_truths):
+        attributes, labeller = FACE_ATTRIBUTES, face_attribute_labels
+    else:
+        attributes, labeller = MAIN_ATTRIBUTES, main_attribute_labels
+    train_labels, test_labels = labeller(train_truths), labeller(test_truths)
     out: dict[str, float] = {}
-    for key, values in MAIN_ATTRIBUTES.items():
+    for key, values in attributes.items():
         name, k = key.replace("_", "-"), len(values)
         train_y, test_y = train_labels[key], test_labels[key]
         out[f"image.{name}"] = linear_probe_accuracy(train_images, train_y, test_images, test_y, k)
@@ -740,31 +755,46 @@ def attribute_probe(
     return out
 
 
+# Held-out retrieval is measured on these domains' test splits (faces: the MM-CelebA-HQ analogue,
+# which the CLIP only meets as the faces among its web images).
+EVAL_DOMAINS = ("web", "scenes", "faces")
+
+
 def _evaluate_world_encoder(encoder: ClipEncoder, resolution: int, n_groups: int) -> dict[str, dict[str, float]]:
     from lafite.data.world import World
 
     out = {}
-    for domain in ("web", "scenes"):
+    for domain in EVAL_DOMAINS:
         world = World(domain, "test", resolution=resolution, seed=_WORLD_CLIP_DATA_SEED)
         out[domain] = retrieval_accuracy(encoder, world, n_candidates=100, n_groups=n_groups)
-    out["scenes-attributes"] = attribute_probe(
-        encoder,
-        World("scenes", "train", resolution=resolution, seed=_WORLD_CLIP_DATA_SEED),
-        World("scenes", "test", resolution=resolution, seed=_WORLD_CLIP_DATA_SEED),
-    )
+    for domain in ("scenes", "faces"):
+        out[f"{domain}-attributes"] = attribute_probe(
+            encoder,
+            World(domain, "train", resolution=resolution, seed=_WORLD_CLIP_DATA_SEED),
+            World(domain, "test", resolution=resolution, seed=_WORLD_CLIP_DATA_SEED),
+        )
     return out
 
 
 def world_clip_report(
-    workspace: Workspace, resolution: int, seed: int = 0, device: str | torch.device = "cpu", recompute: bool = False
+    workspace: Workspace,
+    resolution: int,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    recompute: bool = False,
+    *,
+    model_cfg: dict[str, Any] | None = None,
+    training: WorldClipTraining | None = None,
 ) -> dict[str, Any]:
     """The numbers `lafite-repro clip pretrain` / `clip eval` print for the cached world CLIP.
 
-    Retrieval on held-out ``web`` and ``scenes`` test pairs (top-1 among 100, chance 1%), the own
-    vs other caption cosines, and the training time with the load average it was measured at.
+    Retrieval on held-out ``web``, ``scenes`` and ``faces`` test pairs (top-1 among 100, chance
+    1%), the own vs other caption cosines, the attribute probes of scenes and faces, and the
+    training time with the load average it was measured at.
     ``recompute`` re-measures retrieval from the saved weights instead of reading ``meta.json``.
+    ``model_cfg`` and ``training`` name a CLIP trained with other than the default settings.
     """
-    folder = world_clip_dir(workspace, resolution, seed)
+    folder = world_clip_dir(workspace, resolution, seed, model_cfg, training)
     meta_file = folder / "meta.json"
     if not meta_file.is_file():
         raise UserError(
@@ -903,9 +933,11 @@ def _read_array(path: Path, shape: tuple[int, ...], dtype: Any = np.float32) -> 
 
 
 __all__ = [
+    "EVAL_DOMAINS",
     "ClipEncoder",
     "FeatureCache",
     "WorldClipTraining",
+    "attribute_probe",
     "default_world_clip_training",
     "load_clip",
     "load_open_clip",

@@ -195,6 +195,20 @@ def test_tiny_world_clip_trains_beats_chance_and_is_cached(workspace):
     # Even a briefly trained CLIP reads the background (4 flat colours) far above chance.
     assert probe["image.background"] > probe["chance.background"] + 0.3
 
+    # Faces (the MM-CelebA-HQ analogue, met in training only among the web images) are evaluated
+    # too: retrieval among 100 held-out pairs and a probe of the face attributes.
+    faces = meta["metrics"]["faces"]
+    assert faces["n_candidates"] == 100 and faces["n_groups"] == 1
+    assert 0.0 <= faces["image_to_text_top1"] <= 1.0
+    face_probe = meta["metrics"]["faces-attributes"]
+    for attribute in ("background", "hair", "eyes", "expression", "accessory"):
+        for read in ("image", "text", "image-to-text", "chance"):
+            assert 0.0 <= face_probe[f"{read}.{attribute}"] <= 1.0
+    assert face_probe["image.hair"] > face_probe["chance.hair"] + 0.2
+    report = lclip.world_clip_report(workspace, 16, model_cfg=TINY, training=TINY_TRAINING)
+    assert report["faces.image_to_text_top1"] == faces["image_to_text_top1"]
+    assert report["faces-attributes.image.hair"] == face_probe["image.hair"]
+
 
 def test_linear_probe_reads_what_the_features_hold_and_nothing_else():
     generator = torch.Generator().manual_seed(0)

@@ -1,12 +1,15 @@
 """The world's inspector: learns quickly, saves and loads exactly, caches, and reports clearly."""
 
+import dataclasses
 import time
 
 import pytest
 import torch
 
 from lafite.data.inspector import (
+    FACE_CLASSES,
     IGNORE,
+    IS_CLASSES,
     MAIN_CLASSES,
     Inspector,
     InspectorConfig,
@@ -21,10 +24,25 @@ from lafite.data.inspector import (
     save_inspector,
     train_inspector,
 )
-from lafite.data.world import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, World
+from lafite.data.world import (
+    ACCESSORIES,
+    BACKGROUNDS,
+    COLOURS,
+    EXPRESSIONS,
+    EYE_COLOURS,
+    HAIR_COLOURS,
+    POSITIONS,
+    SHAPES,
+    FaceTruth,
+    World,
+)
 from lafite.errors import UserError
 
 TINY = InspectorConfig(width=8, feature_dim=32, steps=60, batch=32, lr=1e-2, eval_images=32)
+# Half faces, so that 80 tiny steps learn what a face is (about 3 s on one thread).
+TINY_FACES = dataclasses.replace(
+    TINY, steps=80, domains=("scenes", "faces"), domain_weights=(0.5, 0.5), eval_images=100
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +74,7 @@ def test_outputs_have_the_documented_shapes(tiny_trained):
     x = torch.from_numpy(World("scenes", "test", 16, size=5).images(range(5))).permute(0, 3, 1, 2)
     assert model.features(x).shape == (5, 32)
     logits = model.class_logits(x)
-    assert logits.shape == (5, len(MAIN_CLASSES))
+    assert logits.shape == (5, len(IS_CLASSES)) == (5, len(MAIN_CLASSES) + len(FACE_CLASSES))
     assert torch.allclose(logits.exp().sum(1), torch.ones(5), atol=1e-5)
     readings = model.predict(x)
     assert len(readings) == 5
@@ -134,8 +152,93 @@ def test_clutter_negatives_are_labelled_empty_and_ignored_elsewhere():
     out = model(torch.cat([torch.rand(4, 3, 16, 16) * 2 - 1, images[:4]]))
     real_only = _loss({k: v[:4] for k, v in out.items()}, _labels(truths))
     labels = _with_negatives(_labels(truths), 4)
-    presence = ("region_present", "shapes_present")
+    presence = ("region_present", "shapes_present", "is_face")
     for name in presence:
         labels[name][4:] = labels[name][:4]
     repeated = {k: v[[0, 1, 2, 3] * 2] if k in presence else v for k, v in out.items()}
     assert torch.allclose(_loss(repeated, labels), real_only, atol=1e-5)
+
+
+# -- faces ----------------------------------------------------------------------------------------
+
+
+def _nchw(world, n):
+    return torch.from_numpy(world.images(range(n))).permute(0, 3, 1, 2)
+
+
+def test_default_mixture_holds_faces_and_the_key_follows_the_recipe(tiny_trained):
+    from lafite.data.inspector import inspector_key
+
+    config = InspectorConfig()
+    assert "faces" in config.domains and len(config.domain_weights) == len(config.domains)
+    assert inspector_key(32) != inspector_key(32, config=dataclasses.replace(
+        config, domains=("scenes", "objects", "web"), domain_weights=(0.5, 0.2, 0.3)))
+    # The default tiny run (scenes, objects, web, faces) reports held-out faces numbers.
+    model = load_inspector_file(tiny_trained[1])
+    for name in ("background", "is_face", "face_hair", "face_eyes", "face_expression",
+                 "face_accessory", "face_class"):
+        assert 0.0 <= model.metrics[f"faces/{name}"] <= 1.0
+    assert "faces/main_shape" not in model.metrics and "scenes/face_hair" not in model.metrics
+
+
+@pytest.fixture(scope="module")
+def tiny_faces(tmp_path_factory):
+    from lafite.workspace import Workspace
+
+    torch.set_num_threads(1)
+    workspace = Workspace.resolve(tmp_path_factory.mktemp("inspector-faces-ws"))
+    return load_inspector_file(train_inspector(workspace, 16, progress=False, config=TINY_FACES))
+
+
+def test_face_heads_learn_and_predict_reads_faces(tiny_faces):
+    model = tiny_faces
+    metrics = model.metrics
+    assert metrics["faces/is_face"] > 0.9 and metrics["scenes/is_face"] > 0.9
+    assert metrics["faces/face_hair"] > 2 / len(HAIR_COLOURS)
+    assert metrics["faces/face_accessory"] > 1.5 / len(ACCESSORIES)
+    faces = World("faces", "test", 16, size=40)
+    readings = model.predict(_nchw(faces, 40))
+    read = [r.face for r in readings if r.face is not None]
+    assert len(read) >= 36
+    for face in read:
+        assert face.hair in HAIR_COLOURS and face.eyes in EYE_COLOURS
+        assert face.expression in EXPRESSIONS and face.accessory in ACCESSORIES
+        assert 0.5 < face.confidence <= 1.0
+    truths = [faces.truth(i) for i in range(40)]
+    hair_right = sum(r.face is not None and r.face.hair == t.hair for r, t in zip(readings, truths))
+    assert hair_right > 2 * 40 / len(HAIR_COLOURS)
+    scenes = model.predict(_nchw(World("scenes", "test", 16, size=40), 40))
+    assert sum(r.face is not None for r in scenes) <= 4
+
+
+def test_class_logits_put_faces_in_face_classes(tiny_faces):
+    faces = tiny_faces.class_logits(_nchw(World("faces", "test", 16, size=20), 20))
+    scenes = tiny_faces.class_logits(_nchw(World("scenes", "test", 16, size=20), 20))
+    for logits in (faces, scenes):
+        assert torch.allclose(logits.exp().sum(1), torch.ones(len(logits)), atol=1e-5)
+    k = len(MAIN_CLASSES)
+    assert (faces.argmax(1) >= k).float().mean() > 0.9
+    assert (scenes.argmax(1) < k).float().mean() > 0.9
+
+
+def test_face_labels_mask_the_other_kind_of_head():
+    truths, _ = World("web", "train", 16, size=60).scenes_and_images(range(60))
+    assert any(isinstance(t, FaceTruth) for t in truths)
+    labels = _labels(truths)
+    is_face = torch.tensor([isinstance(t, FaceTruth) for t in truths])
+    assert torch.equal(labels["is_face"].bool(), is_face)
+    assert (labels["main_shape"][is_face] == IGNORE).all()
+    assert (labels["face_hair"][~is_face] == IGNORE).all() and (labels["face_hair"][is_face] >= 0).all()
+    assert (labels["object_weight"][is_face] == 0).all() and (labels["region_present"][is_face] == 0).all()
+    # Object heads' outputs on faces (and face heads' on object images) do not move the loss.
+    torch.manual_seed(0)
+    out = Inspector(16, TINY)(torch.rand(60, 3, 16, 16) * 2 - 1)
+    changed = {k: v.clone() for k, v in out.items()}
+    for name in ("main_shape", "main_colour", "region_present", "shapes_present", "region_shape"):
+        changed[name][is_face] += 5.0
+    for name in ("face_hair", "face_eyes", "face_expression", "face_accessory"):
+        changed[name][~is_face] -= 5.0
+    assert torch.allclose(_loss(changed, labels), _loss(out, labels), atol=1e-5)
+    # A batch without faces gives a finite loss (no all-ignored cross-entropy).
+    scenes, _ = World("scenes", "train", 16, size=8).scenes_and_images(range(8))
+    assert torch.isfinite(_loss({k: v[:8] for k, v in out.items()}, _labels(scenes)))

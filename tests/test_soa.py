@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lafite.data.inspector import InspectorReading
-from lafite.data.world import SHAPE_WORDS, SHAPES, SceneTruth, World, WorldObject
+from lafite.data.inspector import FaceReading, InspectorReading
+from lafite.data.world import SHAPE_WORDS, SHAPES, FaceTruth, SceneTruth, World, WorldObject
 from lafite.errors import UserError
 from lafite.metrics.soa import (
+    FACE_CAPTION_METRICS,
     CaptionScore,
     caption_claims,
     caption_subsets,
@@ -163,3 +164,59 @@ def test_every_world_caption_names_its_main_shape():
                 claims = caption_claims(caption, truth)
                 assert claims.objects[0].get("shape") == truth.main.shape, (domain, caption)
     assert set(SHAPES) == set(SHAPE_WORDS)
+
+
+# -- caption accuracy on faces ----------------------------------------------------------------------
+
+FACE = FaceTruth("grey", "brown", "blue", "smiling", "glasses", "light")
+
+
+def face_reading(face):
+    return InspectorReading("grey", RED_CIRCLE, (RED_CIRCLE,), frozenset(), face=face)
+
+
+def test_face_claims_read_words_in_their_context():
+    claims = caption_claims("a smiling person with brown hair and blue eyes wearing glasses", FACE)
+    assert claims.objects == () and claims.background is None
+    assert claims.face == {"hair": "brown", "eyes": "blue", "expression": "smiling",
+                           "accessory": "glasses"}
+    assert claims.n_claims == 4
+    # "brown" before "hair" is not a claim about the eyes, nor "grey hair" about the background.
+    other = FaceTruth("grey", "grey", "brown", "neutral", "none", "dark")
+    assert caption_claims("a calm person with grey hair", other).face == {"hair": "grey",
+                                                                          "expression": "neutral"}
+    assert caption_claims("a calm person with grey hair", other).background is None
+    assert caption_claims("a grey-haired face on a grey background", other).background == "grey"
+    assert caption_claims("a person with brown eyes", FACE).face == {}
+
+
+def test_face_caption_accuracy_scores_the_face_reading():
+    caption = "a grinning person with chestnut hair and sky-blue eyes wearing spectacles on grey"
+    claims = caption_claims(caption, FACE)
+    assert claims.background == "grey" and len(claims.face) == 4
+    score = CaptionScore()
+    score.update(claims, face_reading(FaceReading("brown", "blue", "smiling", "glasses")))
+    score.update(claims, face_reading(FaceReading("blond", "blue", "neutral", "glasses")))
+    score.update(claims, face_reading(None))  # not seen as a face: no face attribute found
+    assert score.accuracy("face-hair") == pytest.approx(1 / 3)
+    assert score.accuracy("face-eyes") == pytest.approx(2 / 3)
+    assert score.accuracy("face-expression") == pytest.approx(1 / 3)
+    assert score.accuracy("background") == 1.0
+    assert score.accuracy("all") == pytest.approx((5 + 3 + 1) / 15)
+    assert score.accuracy("main-shape") is None and score.accuracy("count") is None
+    assert set(FACE_CAPTION_METRICS.values()) == {f"face-{a}" for a in
+                                                  ("hair", "eyes", "expression", "accessory")}
+
+
+def test_every_face_caption_makes_true_claims():
+    world = World("faces", "test", resolution=16, size=30)
+    for i in range(len(world)):
+        truth = world.truth(i)
+        perfect = face_reading(FaceReading(truth.hair, truth.eyes, truth.expression, truth.accessory))
+        for caption in world.captions(i):
+            claims = caption_claims(caption, truth)
+            assert claims.n_claims >= 1, caption
+            score = CaptionScore()
+            score.update(claims, InspectorReading(truth.background, RED_CIRCLE, (RED_CIRCLE,),
+                                                  frozenset(), face=perfect.face))
+            assert score.accuracy("all") == 1.0

@@ -8,19 +8,38 @@ import numpy as np
 import pytest
 
 from lafite.data.world import (
+    ACCESSORIES,
     BACKGROUNDS,
+    CAPTIONED_DOMAINS,
     COLOURS,
     DOMAINS,
+    EXPRESSIONS,
+    EYE_COLOURS,
+    FACE_CORRUPTIONS,
+    FACE_DOMAINS,
+    FACE_WORDS,
+    HAIR_COLOURS,
     POSITIONS,
     SHAPE_WORDS,
     SHAPES,
     SIZES,
+    SKIN_TONES,
+    FaceTruth,
+    SceneTruth,
     World,
+    corruptions,
     is_materialised,
     materialise,
     read_truths,
 )
 from lafite.errors import UserError
+
+OBJECT_DOMAINS = ("scenes", "objects", "narratives", "web")
+
+
+def _object_truths(world, n):
+    """(index, truth) of the object images among the first n (web mixes faces in)."""
+    return [(i, t) for i in range(n) if isinstance(t := world.truth(i), SceneTruth)]
 
 
 def test_same_seed_same_bytes_and_captions():
@@ -64,11 +83,10 @@ def test_resolutions(resolution):
     assert images.shape == (4, resolution, resolution, 3) and images.dtype == np.uint8
 
 
-@pytest.mark.parametrize("domain", DOMAINS)
+@pytest.mark.parametrize("domain", OBJECT_DOMAINS)
 def test_ground_truth_invariants(domain):
     world = World(domain, "train", 32, size=300)
-    for i in range(300):
-        truth = world.truth(i)
+    for _, truth in _object_truths(world, 300):
         assert truth.background in BACKGROUNDS
         assert 1 <= len(truth.objects) <= 3
         positions = [o.position for o in truth.objects]
@@ -106,14 +124,14 @@ def _first_shape(caption):
     return best[1] if best else None
 
 
-@pytest.mark.parametrize("domain", DOMAINS)
+@pytest.mark.parametrize("domain", OBJECT_DOMAINS)
 def test_captions_name_the_main_object_first(domain):
     world = World(domain, "train", 32, size=200)
     expected = {"scenes": 5, "objects": 10, "narratives": 1, "web": 1}[domain]
-    for i in range(200):
+    for i, truth in _object_truths(world, 200):
         captions = world.captions(i)
         assert len(captions) == expected
-        main = world.truth(i).main
+        main = truth.main
         for caption in captions:
             assert _first_shape(caption) == main.shape, caption
 
@@ -164,8 +182,8 @@ def test_web_captions_always_name_the_main_objects_colour_and_shape():
     from lafite.data.world import _COLOUR_SYNONYMS, SHAPE_WORDS, World
 
     web = World("web", "test", resolution=16, size=300)
-    for index in range(len(web)):
-        main = web.truth(index).main
+    for index, truth in _object_truths(web, len(web)):
+        main = truth.main
         (caption,) = web.captions(index)
         text = caption.lower()
         assert any(word in text for word in _COLOUR_SYNONYMS[main.colour]), caption
@@ -235,3 +253,218 @@ def test_object_removal_corruptions():
 def test_unknown_corruption_names_the_valid_ones():
     with pytest.raises(UserError, match="all-circles"):
         World("scenes", "train", 32, size=4).corrupted(range(4), "upside-down")
+
+
+# -- faces (MM-CelebA-HQ and FFHQ analogues) ----------------------------------------------------
+
+
+def test_existing_domains_are_unchanged_by_faces():
+    """Pixels, captions and truths as on main before faces existed (pinned from world-v2)."""
+    digest = hashlib.sha256()
+    for domain in ("scenes", "objects", "narratives"):
+        for split in ("train", "test"):
+            world = World(domain, split, 16, seed=1, size=12)
+            digest.update(world.images(range(12)).tobytes())
+            for i in range(12):
+                digest.update("\n".join(world.captions(i)).encode())
+                digest.update(json.dumps(world.truth(i).to_dict(), sort_keys=True).encode())
+    assert digest.hexdigest() == "2e64433a2b58a57e4c84091af6a8407cba7df446e896d276cacadae720dd50ef"
+    # Web images that are not faces keep their pixels, captions and truths too.
+    web = World("web", "train", 16, seed=1, size=60)
+    kept = [i for i in range(60) if isinstance(web.truth(i), SceneTruth)]
+    assert len(kept) == 53
+    digest = hashlib.sha256(web.images(kept).tobytes())
+    for i in kept:
+        digest.update("\n".join(web.captions(i)).encode())
+        digest.update(repr(web.truth(i).to_dict()).encode())
+    assert digest.hexdigest() == "c7c12685d1cf8f412f63e6df4a8a98b2ce3b8aba1fcc248bb68be7af41c3e89b"
+
+
+def test_only_the_web_domain_invalidates_its_caches(tmp_path):
+    """Web gained faces, so its folders and caches are rebuilt; the other domains' are kept."""
+    assert World("scenes", "train", 32, seed=0, size=10).key == "scenes-train-r32-s0-n10-world-v2"
+    assert World("web", "train", 32, seed=0, size=10).key == "web-train-r32-s0-n10-world-v2+faces"
+    web = World("web", "test", 16, size=4)
+    out = materialise(web, tmp_path / "web")
+    marker = json.loads((out / "complete.json").read_text())
+    marker["world_version"] = "world-v2"  # a folder materialised before faces
+    (out / "complete.json").write_text(json.dumps(marker))
+    assert not is_materialised(web, out)
+
+
+@pytest.mark.parametrize("domain", FACE_DOMAINS)
+def test_faces_are_a_pure_function_of_domain_split_index_and_seed(domain):
+    world = World(domain, "train", 32, seed=2, size=40)
+    batch = world.images([9, 2, 31])
+    assert np.array_equal(batch[0], world.image(9)) and np.array_equal(batch[2], world.image(31))
+    again = World(domain, "train", 32, seed=2, size=40)
+    assert world.images(range(40)).tobytes() == again.images(range(40)).tobytes()
+    assert [world.captions(i) for i in range(40)] == [again.captions(i) for i in range(40)]
+    assert all(isinstance(world.truth(i), FaceTruth) for i in range(40))
+    other_seed = World(domain, "train", 32, seed=3, size=40)
+    assert world.images(range(40)).tobytes() != other_seed.images(range(40)).tobytes()
+    # faces and portraits draw from different streams
+    other_domain = World(FACE_DOMAINS[1 - FACE_DOMAINS.index(domain)], "train", 32, seed=2, size=40)
+    assert [world.truth(i) for i in range(40)] != [other_domain.truth(i) for i in range(40)]
+
+
+def test_face_truths_cover_the_vocabularies():
+    world = World("faces", "train", 32, size=600)
+    truths = [world.truth(i) for i in range(600)]
+    for name, values in (("hair", HAIR_COLOURS), ("eyes", EYE_COLOURS),
+                         ("expression", EXPRESSIONS), ("accessory", ACCESSORIES),
+                         ("skin", SKIN_TONES), ("background", BACKGROUNDS)):
+        seen = {getattr(t, name) for t in truths}
+        assert seen == set(values), name
+    # Hair is never drawn on a background of nearly its colour.
+    assert not any(t.hair == "black" and t.background == "black" for t in truths)
+
+
+def _face_claims(caption):
+    """What a face caption says, parsed back with the words' context ("X hair", "X eyes")."""
+    text = caption.lower()
+    said = {}
+    contexts = {
+        "hair": r"(?: hair\b|-haired\b)",
+        "eyes": r"(?: eyes\b|-eyed\b)",
+        "expression": "",
+        "accessory": "",
+    }
+    for attribute, context in contexts.items():
+        for value, words in FACE_WORDS[attribute].items():
+            for word in words:
+                if re.search(rf"(?<![\w-]){re.escape(word)}{context}(?![\w-])", text):
+                    said.setdefault(attribute, set()).add(value)
+    names = "|".join(BACKGROUNDS)
+    background = re.search(rf"\b({names}) (?:background|backdrop|wall)\b|\bon ({names})\b", text)
+    if background:
+        said["background"] = {background.group(1) or background.group(2)}
+    return said
+
+
+def _check_face_caption(caption, truth):
+    said = _face_claims(caption)
+    for attribute, values in said.items():
+        assert values == {getattr(truth, attribute)}, (caption, truth)
+    return said
+
+
+def test_face_captions_name_only_true_attributes():
+    world = World("faces", "train", 32, size=150)
+    named_per_image = []
+    for i in range(150):
+        truth, captions = world.truth(i), world.captions(i)
+        assert len(captions) == 10 and len(set(captions)) >= 8
+        named = set()
+        for caption in captions:
+            said = _check_face_caption(caption, truth)
+            assert said, caption  # every caption names something
+            named |= set(said)
+        named_per_image.append(named)
+        if truth.accessory != "none":
+            assert "accessory" in named
+    # Over ten captions, hair, eyes and expression are named for nearly every image.
+    for attribute in ("hair", "eyes", "expression"):
+        assert sum(attribute in n for n in named_per_image) >= 0.95 * 150
+
+
+def test_web_face_captions_are_noisy_but_true():
+    web = World("web", "train", 32, size=1000)
+    faces = [i for i in range(1000) if isinstance(web.truth(i), FaceTruth)]
+    assert 0.14 <= len(faces) / 1000 <= 0.22
+    for i in faces:
+        (caption,) = web.captions(i)
+        said = _check_face_caption(caption, web.truth(i))
+        assert "hair" in said or "expression" in said, caption
+    assert any(web.captions(i)[0].startswith(("stock photo of", "avatar:")) for i in faces)
+
+
+def test_portraits_have_no_captions_on_disk_either(tmp_path):
+    from lafite.data.folder import ImageTextFolder
+
+    world = World("portraits", "train", 16, size=6)
+    assert "portraits" not in CAPTIONED_DOMAINS and set(CAPTIONED_DOMAINS) | {"portraits"} == set(DOMAINS)
+    assert all(world.captions(i) == [] for i in range(6))
+    out = materialise(world, tmp_path / "p")
+    assert len(list(out.glob("*.png"))) == 6 and not list(out.glob("*.txt"))
+    folder = ImageTextFolder(out, 16)
+    assert all(folder.captions(i) == [] for i in range(6))
+    assert folder.truths()[3] == world.truth(3)
+
+
+def test_face_truths_round_trip_through_materialise(tmp_path):
+    world = World("faces", "test", 16, size=8)
+    out = materialise(world, tmp_path / "f")
+    truths = read_truths(out)
+    assert truths == {f"{i:08d}.png": world.truth(i) for i in range(8)}
+    record = json.loads((out / "truth.jsonl").read_text().splitlines()[0])
+    assert set(record) == {"file", "background", "face"}
+    assert (out / "00000002.txt").read_text().splitlines() == world.captions(2)
+    # A web folder mixes both kinds of record.
+    web = World("web", "test", 16, size=30)
+    mixed = read_truths(materialise(web, tmp_path / "w"))
+    assert {type(t) for t in mixed.values()} == {FaceTruth, SceneTruth}
+    assert mixed == {f"{i:08d}.png": web.truth(i) for i in range(30)}
+
+
+def _near(image, rgb, tolerance):
+    return np.abs(image.astype(int) - np.asarray(rgb)).max(-1) <= tolerance
+
+
+def test_face_attributes_are_visible_in_the_pixels():
+    from lafite.data.world import _EYE_RGB, _GLASSES_RGB, _HAIR_RGB, _HAT_RGB, _MOUTH_RGB
+
+    for resolution in (32, 16):
+        world = World("faces", "test", resolution, size=120)
+        images = world.images(range(120))
+        for i in range(120):
+            truth, image = world.truth(i), images[i]
+            layout = world._scene(i).face_layout
+            # Hair: a band of the truth's hair colour (the jitter is at most 12 per channel).
+            assert _near(image, _HAIR_RGB[truth.hair], 16).sum() >= (40 if resolution == 32 else 5)
+            if resolution == 16:
+                continue
+            # Eyes: at least two fully covered pixels of the eye colour at 32 px.
+            assert _near(image, _EYE_RGB[truth.eyes], 16).sum() >= 2, truth
+            # The mouth, under the eyes and inside the head.
+            rows = slice(int((layout.cy + 0.03) * 32), int((layout.cy + 0.25) * 32) + 1)
+            cols = slice(int((layout.cx - 0.15) * 32), int((layout.cx + 0.15) * 32) + 1)
+            assert _near(image[rows, cols], _MOUTH_RGB, 40).sum() >= 3
+            hat = sum(_near(image, rgb, 25).sum() for rgb in _HAT_RGB)
+            yy, xx = np.mgrid[0:32, 0:32]
+            inside_head = np.hypot((xx + 0.5) / 32 - layout.cx, (yy + 0.5) / 32 - layout.cy) < 0.2
+            glasses = (_near(image, _GLASSES_RGB, 40) & inside_head).sum()
+            if truth.accessory == "hat":
+                assert hat >= 30
+            if truth.accessory == "glasses":
+                assert glasses >= 6
+            elif truth.hair != "black":
+                assert glasses == 0
+
+
+def test_face_corruptions_change_one_thing():
+    world = World("faces", "train", 32, size=200)
+    assert corruptions("faces") == FACE_CORRUPTIONS and corruptions("scenes")["all-circles"]
+    truths, images = world.corrupted(range(200), "face-hair", seed=1)
+    originals = [world.truth(i) for i in range(200)]
+    changed = 0
+    for truth, original in zip(truths, originals):
+        assert isinstance(truth, FaceTruth)
+        assert {**truth.to_dict()["face"], "hair": None} == {**original.to_dict()["face"], "hair": None}
+        changed += truth.hair != original.hair
+    assert changed > 100
+    same, unchanged = world.corrupted(range(200), "none")
+    assert same == originals and np.array_equal(unchanged, world.images(range(200)))
+    empty, flat = world.corrupted(range(5), "no-face")
+    assert all(isinstance(t, SceneTruth) and not t.objects for t in empty)
+    assert (flat.reshape(5, -1, 3) == flat.reshape(5, -1, 3)[:, :1]).all()
+    with pytest.raises(UserError, match="face-hair"):
+        world.corrupted(range(2), "all-circles")
+    # Web takes the object corruptions; its faces pass through them, except no-objects.
+    web = World("web", "train", 16, size=40)
+    faces = [i for i in range(40) if isinstance(web.truth(i), FaceTruth)]
+    truths, images = web.corrupted(range(40), "main-colour", seed=2)
+    assert faces and all(truths[i] == web.truth(i) for i in faces)
+    assert np.array_equal(images[faces], web.images(faces))
+    truths, _ = web.corrupted(range(40), "no-objects")
+    assert all(isinstance(t, SceneTruth) and not t.objects for t in truths)

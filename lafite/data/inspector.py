@@ -7,9 +7,14 @@ R-precision with the training CLIP on striped colour blobs). The inspector is a 
 with supervision on the world's ground truth and never used as a training signal. It gives
 
 - ``features``: penultimate activations, for FID and KID (the Inception pool3 analogue);
-- ``class_logits``: log-probabilities over the main object's (shape, colour) classes, for IS;
+- ``class_logits``: log-probabilities over :data:`IS_CLASSES`, for IS: the main object's
+  (shape, colour) classes, then the faces' (hair, expression, accessory) classes;
 - ``predict``: background, main object, per-region objects and the set of shapes present, for
-  the SOA analogue and caption accuracy.
+  the SOA analogue and caption accuracy, and for face images the face's attributes.
+
+Face images (the ``faces`` domain and the faces among ``web`` images) train the face heads and
+an is-a-face head; object heads never learn from faces and face heads never from object images
+(their loss is masked), the background head learns from both.
 
 Training images are rendered on the fly (cheap) with mild augmentation (shifts, blur, noise,
 small colour changes) so that the judge stays sensible on imperfect generated images. Weights are
@@ -36,13 +41,19 @@ from torch import nn
 
 from lafite.atomic import atomic_write
 from lafite.data.world import (
+    ACCESSORIES,
     BACKGROUNDS,
     COLOURS,
+    EXPRESSIONS,
+    EYE_COLOURS,
+    HAIR_COLOURS,
     POSITIONS,
     SHAPES,
     SIZES,
     WORLD_VERSION,
+    FaceTruth,
     SceneTruth,
+    Truth,
     World,
     WorldObject,
 )
@@ -50,7 +61,7 @@ from lafite.errors import UserError
 from lafite.workspace import Workspace
 
 # Bump when the network or the training procedure changes in a way the config does not capture.
-INSPECTOR_VERSION = "inspector-v1"
+INSPECTOR_VERSION = "inspector-v2"  # v2: face heads, is-a-face head, faces in the mixture
 
 _HEADS = (
     ("background", len(BACKGROUNDS)),
@@ -63,9 +74,25 @@ _HEADS = (
     ("region_colour", len(POSITIONS) * len(COLOURS)),
     ("region_size", len(POSITIONS) * len(SIZES)),
     ("shapes_present", len(SHAPES)),
+    ("is_face", 1),
+    ("face_hair", len(HAIR_COLOURS)),
+    ("face_eyes", len(EYE_COLOURS)),
+    ("face_expression", len(EXPRESSIONS)),
+    ("face_accessory", len(ACCESSORIES)),
 )
+_OBJECT_CE_HEADS = ("main_shape", "main_colour", "main_size", "main_position")
+_FACE_HEADS = ("face_hair", "face_eyes", "face_expression", "face_accessory")
 # IS classes: the main object's (shape, colour) pairs.
 MAIN_CLASSES = tuple(f"{colour} {shape}" for shape in SHAPES for colour in COLOURS)
+# A face's IS class: (hair, expression, accessory). Eye colour is left out: the eyes are the
+# smallest part (2-3 px at 32 px), so a generated face's class would hinge on a few pixels.
+FACE_CLASSES = tuple(
+    f"{expression} {hair}-haired face" + ("" if accessory == "none" else f" with {accessory}")
+    for hair in HAIR_COLOURS
+    for expression in EXPRESSIONS
+    for accessory in ACCESSORIES
+)
+IS_CLASSES = MAIN_CLASSES + FACE_CLASSES
 
 
 @dataclass(frozen=True)
@@ -74,13 +101,19 @@ class InspectorConfig:
 
     width: int = 32
     feature_dim: int = 256
-    steps: int = 1500  # ~3 min on an idle 2-core CPU (0.12 s a step at batch 64)
+    # 1500 before faces; 1750 gives the object images as many steps as before (a sixth of the
+    # images are faces now): ~2.5 min on one idle core at 16 px.
+    steps: int = 1750
     batch: int = 64
     lr: float = 3e-3
     weight_decay: float = 5e-4
-    # Training mixture (narratives share the scenes layout, so they need no separate share).
-    domains: tuple[str, ...] = ("scenes", "objects", "web")
-    domain_weights: tuple[float, ...] = (0.5, 0.2, 0.3)
+    # Training mixture (narratives share the scenes layout, so they need no separate share;
+    # portraits are drawn like faces). 18% of web images are faces too, so about 15% of the
+    # images are faces: they are learnt to ~100% long before the objects, and a larger share
+    # (0.2 here) cost the scenes' secondary-object readings at 16 px (shapes present, exact:
+    # 0.75 -> 0.59).
+    domains: tuple[str, ...] = ("scenes", "objects", "web", "faces")
+    domain_weights: tuple[float, ...] = (0.5, 0.15, 0.25, 0.1)
     # Augmentation, in units of a 32-px image: max shift in pixels, blur sigma, noise std (in
     # [-1, 1] units), brightness and per-channel offset ranges.
     shift_px: float = 1.0
@@ -97,14 +130,30 @@ class InspectorConfig:
 
 
 @dataclass(frozen=True)
+class FaceReading:
+    """What the inspector sees in a face image; ``confidence`` is its belief that it is a face."""
+
+    hair: str
+    eyes: str
+    expression: str
+    accessory: str
+    confidence: float = 1.0
+
+
+@dataclass(frozen=True)
 class InspectorReading:
-    """What the inspector sees in one image (``objects`` by region, main object first)."""
+    """What the inspector sees in one image (``objects`` by region, main object first).
+
+    ``face`` is set when the inspector reads the image as a face (the object fields are then
+    still filled, but meaningless).
+    """
 
     background: str
     main: WorldObject
     objects: tuple[WorldObject, ...]
     shapes: frozenset[str]
     main_confidence: float = 1.0
+    face: FaceReading | None = None
 
 
 class Inspector(nn.Module):
@@ -170,6 +219,7 @@ class Inspector(nn.Module):
         parts["region_shape"] = parts["region_shape"].reshape(n, len(POSITIONS), len(SHAPES))
         parts["region_colour"] = parts["region_colour"].reshape(n, len(POSITIONS), len(COLOURS))
         parts["region_size"] = parts["region_size"].reshape(n, len(POSITIONS), len(SIZES))
+        parts["is_face"] = parts["is_face"].reshape(n)
         return parts
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -194,13 +244,16 @@ class Inspector(nn.Module):
         return self._run(x_uint8)["features"].float()
 
     def class_logits(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        """(N, K) log-probabilities over :data:`MAIN_CLASSES` (main object's shape x colour).
+        """(N, K) log-probabilities over :data:`IS_CLASSES`.
 
-        The sum of the shape and colour log-softmaxes, i.e. the log of a product distribution,
-        so that a softmax over it gives proper class probabilities for IS.
+        The first ``len(MAIN_CLASSES)`` columns are the main object's shape x colour, the rest
+        :data:`FACE_CLASSES` (a face's hair x expression x accessory). Each part is a product of
+        per-attribute softmaxes, weighted by the is-a-face probability (objects by its
+        complement), so the K probabilities sum to one and a softmax over these logs (what IS
+        applies) leaves them unchanged.
         """
         out = self._run(x_uint8)
-        return _joint_log_probs(out["main_shape"], out["main_colour"])
+        return _is_log_probs(out)
 
     def predict(self, x_uint8: torch.Tensor) -> list[InspectorReading]:
         out = self._run(x_uint8)
@@ -217,6 +270,10 @@ class Inspector(nn.Module):
         region_colour = out["region_colour"].argmax(2).tolist()
         region_size = out["region_size"].argmax(2).tolist()
         shapes_present = (out["shapes_present"] > 0).tolist()
+        face_prob = torch.sigmoid(out["is_face"]).tolist()
+        face_values = {
+            name: out[name].argmax(1).tolist() for name in _FACE_HEADS
+        }
         readings = []
         for i in range(len(background)):
             main = WorldObject(
@@ -232,6 +289,15 @@ class Inspector(nn.Module):
                 for r in range(len(POSITIONS))
                 if present[i][r] and POSITIONS[r] != main.position
             )
+            face = None
+            if face_prob[i] > 0.5:
+                face = FaceReading(
+                    hair=HAIR_COLOURS[face_values["face_hair"][i]],
+                    eyes=EYE_COLOURS[face_values["face_eyes"][i]],
+                    expression=EXPRESSIONS[face_values["face_expression"][i]],
+                    accessory=ACCESSORIES[face_values["face_accessory"][i]],
+                    confidence=float(face_prob[i]),
+                )
             readings.append(
                 InspectorReading(
                     background=BACKGROUNDS[background[i]],
@@ -239,6 +305,7 @@ class Inspector(nn.Module):
                     objects=(main, *others),
                     shapes=frozenset(s for s, on in zip(SHAPES, shapes_present[i]) if on),
                     main_confidence=float(confidence[i]),
+                    face=face,
                 )
             )
         return readings
@@ -254,6 +321,22 @@ def _joint_log_probs(shape_logits: torch.Tensor, colour_logits: torch.Tensor) ->
     return (shape_lp[:, :, None] + colour_lp[:, None, :]).reshape(shape_lp.shape[0], -1)
 
 
+def _face_joint_log_probs(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N, len(FACE_CLASSES)) log-probabilities of hair x expression x accessory."""
+    hair = out["face_hair"].log_softmax(1)
+    expression = out["face_expression"].log_softmax(1)
+    accessory = out["face_accessory"].log_softmax(1)
+    joint = hair[:, :, None, None] + expression[:, None, :, None] + accessory[:, None, None, :]
+    return joint.reshape(hair.shape[0], -1)
+
+
+def _is_log_probs(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    objects = _joint_log_probs(out["main_shape"], out["main_colour"])
+    objects = objects + F.logsigmoid(-out["is_face"])[:, None]
+    faces = _face_joint_log_probs(out) + F.logsigmoid(out["is_face"])[:, None]
+    return torch.cat([objects, faces], dim=1)
+
+
 # -- labels and loss -----------------------------------------------------------------------------
 
 
@@ -263,12 +346,15 @@ IGNORE = -100
 def _with_negatives(
     labels: dict[str, torch.Tensor], n_negatives: int
 ) -> dict[str, torch.Tensor]:
-    """Labels extended by ``n_negatives`` object-free images: nothing present, nothing else known."""
+    """Labels extended by ``n_negatives`` object-free images: nothing present, no face, nothing
+    else known."""
     out = {}
     for name, value in labels.items():
         extra_shape = (n_negatives, *value.shape[1:])
-        if name in ("region_present", "shapes_present"):
+        if name in ("region_present", "shapes_present", "is_face"):
             extra = torch.zeros(extra_shape, dtype=value.dtype)
+        elif name == "object_weight":  # the presence heads do learn "nothing here" from them
+            extra = torch.ones(extra_shape, dtype=value.dtype)
         else:
             extra = torch.full(extra_shape, IGNORE, dtype=value.dtype)
         out[name] = torch.cat([value, extra])
@@ -296,10 +382,23 @@ MAIN_ATTRIBUTES = {
     "main_size": SIZES,
     "main_position": POSITIONS,
 }
+# The same for face images (the attribute names of FaceTruth).
+FACE_ATTRIBUTES = {
+    "background": BACKGROUNDS,
+    "hair": HAIR_COLOURS,
+    "eyes": EYE_COLOURS,
+    "expression": EXPRESSIONS,
+    "accessory": ACCESSORIES,
+}
 
 
 def main_attribute_labels(truths: Sequence[SceneTruth]) -> dict[str, torch.Tensor]:
     """Class indices of the background and the main object's attributes (MAIN_ATTRIBUTES)."""
+    if any(isinstance(t, FaceTruth) for t in truths):
+        raise UserError(
+            "main-object attributes need object images; faces have none "
+            "(use face_attribute_labels for face images)"
+        )
     reads = {
         "background": lambda t: t.background,
         "main_shape": lambda t: t.main.shape,
@@ -313,15 +412,42 @@ def main_attribute_labels(truths: Sequence[SceneTruth]) -> dict[str, torch.Tenso
     }
 
 
-def _labels(truths: Sequence[SceneTruth]) -> dict[str, torch.Tensor]:
+def face_attribute_labels(truths: Sequence[FaceTruth]) -> dict[str, torch.Tensor]:
+    """Class indices of a face image's attributes (FACE_ATTRIBUTES)."""
+    if not all(isinstance(t, FaceTruth) for t in truths):
+        raise UserError("face attributes need face images (FaceTruth); got object images")
+    return {
+        name: torch.tensor([values.index(getattr(t, name)) for t in truths])
+        for name, values in FACE_ATTRIBUTES.items()
+    }
+
+
+def _labels(truths: Sequence[Truth]) -> dict[str, torch.Tensor]:
+    """Targets of every head; a head's targets are IGNORE (or weight 0) on the other kind of
+    image: object heads never learn from faces, face heads never from object images."""
     n, regions = len(truths), len(POSITIONS)
-    labels = main_attribute_labels(truths)
+    background = torch.zeros(n, dtype=torch.long)
+    main = {name: torch.full((n,), IGNORE, dtype=torch.long) for name in _OBJECT_CE_HEADS}
+    face = {name: torch.full((n,), IGNORE, dtype=torch.long) for name in _FACE_HEADS}
+    is_face = torch.zeros(n)
     present = torch.zeros(n, regions)
     shape = torch.zeros(n, regions, dtype=torch.long)
     colour = torch.zeros(n, regions, dtype=torch.long)
     size = torch.zeros(n, regions, dtype=torch.long)
     shapes_present = torch.zeros(n, len(SHAPES))
     for i, truth in enumerate(truths):
+        background[i] = BACKGROUNDS.index(truth.background)
+        if isinstance(truth, FaceTruth):
+            is_face[i] = 1
+            face["face_hair"][i] = HAIR_COLOURS.index(truth.hair)
+            face["face_eyes"][i] = EYE_COLOURS.index(truth.eyes)
+            face["face_expression"][i] = EXPRESSIONS.index(truth.expression)
+            face["face_accessory"][i] = ACCESSORIES.index(truth.accessory)
+            continue
+        main["main_shape"][i] = SHAPES.index(truth.main.shape)
+        main["main_colour"][i] = COLOURS.index(truth.main.colour)
+        main["main_size"][i] = SIZES.index(truth.main.size)
+        main["main_position"][i] = POSITIONS.index(truth.main.position)
         for obj in truth.objects:
             r = POSITIONS.index(obj.position)
             present[i, r] = 1
@@ -329,32 +455,52 @@ def _labels(truths: Sequence[SceneTruth]) -> dict[str, torch.Tensor]:
             colour[i, r] = COLOURS.index(obj.colour)
             size[i, r] = SIZES.index(obj.size)
             shapes_present[i, SHAPES.index(obj.shape)] = 1
-    labels.update(
-        region_present=present,
-        region_shape=shape,
-        region_colour=colour,
-        region_size=size,
-        shapes_present=shapes_present,
-    )
-    return labels
+    return {
+        "background": background,
+        **main,
+        "region_present": present,
+        "region_shape": shape,
+        "region_colour": colour,
+        "region_size": size,
+        "shapes_present": shapes_present,
+        # Whether the presence heads learn from the image (0 for faces).
+        "object_weight": 1 - is_face,
+        "is_face": is_face,
+        **face,
+    }
+
+
+def _ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    # F.cross_entropy is NaN when every target is ignored (a batch without faces, say).
+    if not (target != IGNORE).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target, ignore_index=IGNORE)
+
+
+def _weighted_bce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    per_image = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1)
+    return (per_image * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def _loss(out: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
-    # Object-free negatives carry IGNORE in these heads (they have no background or main object).
-    loss = sum(
-        F.cross_entropy(out[name], labels[name], ignore_index=IGNORE)
-        for name in ("background", "main_shape", "main_colour", "main_size", "main_position")
-    )
-    loss = loss + F.binary_cross_entropy_with_logits(
-        out["region_present"], labels["region_present"]
-    )
+    # IGNORE marks what an image cannot teach: object-free negatives have no background or main
+    # object, faces no main object, object images no face.
+    loss = sum(_ce(out[name], labels[name]) for name in ("background", *_OBJECT_CE_HEADS))
+    # Face heads: summed over the faces, divided by the whole batch, so that the few faces of a
+    # batch do not weigh as much as all its object images (that cost the object readings).
+    n = labels["background"].shape[0]
+    for name in _FACE_HEADS:
+        valid = labels[name] != IGNORE
+        if valid.any():
+            loss = loss + F.cross_entropy(out[name][valid], labels[name][valid], reduction="sum") / n
+    weight = labels["object_weight"]
+    loss = loss + _weighted_bce(out["region_present"], labels["region_present"], weight)
     mask = labels["region_present"].bool()
     if mask.any():
         for name in ("region_shape", "region_colour", "region_size"):
             loss = loss + F.cross_entropy(out[name][mask], labels[name][mask])
-    loss = loss + F.binary_cross_entropy_with_logits(
-        out["shapes_present"], labels["shapes_present"]
-    )
+    loss = loss + _weighted_bce(out["shapes_present"], labels["shapes_present"], weight)
+    loss = loss + F.binary_cross_entropy_with_logits(out["is_face"], labels["is_face"])
     return loss
 
 
@@ -406,9 +552,9 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def _batch(
     worlds: Sequence[World], counts: Sequence[int], step: int
-) -> tuple[list[SceneTruth], torch.Tensor]:
+) -> tuple[list[Truth], torch.Tensor]:
     """A training batch; image indices advance with the step, so no image is seen twice."""
-    truths: list[SceneTruth] = []
+    truths: list[Truth] = []
     pixels = []
     for world, count in zip(worlds, counts):
         if count == 0:
@@ -435,7 +581,12 @@ def _counts(config: InspectorConfig) -> list[int]:
 def inspector_accuracy(
     inspector: Inspector, world: World, n: int | None = None, batch: int = 250
 ) -> dict[str, float]:
-    """Accuracy of each reading on a world split (use a test split: held-out images)."""
+    """Accuracy of each reading on a world split (use a test split: held-out images).
+
+    Object readings are scored on object images, face readings (``face_*``) on face images,
+    ``background`` and ``is_face`` on all; a reading with no image to score is left out.
+    ``face_class`` is the joint (hair, expression, accessory) IS class of a face.
+    """
     n = min(n or len(world), len(world))
     totals: dict[str, float] = {}
     counts: dict[str, float] = {}
@@ -449,21 +600,34 @@ def inspector_accuracy(
         truths, pixels = world.scenes_and_images(range(start, min(start + batch, n)))
         out = inspector._run(torch.from_numpy(pixels).permute(0, 3, 1, 2))
         labels = _labels(truths)
-        for name in ("background", "main_shape", "main_colour", "main_size", "main_position"):
-            add(name, out[name].argmax(1) == labels[name])
+        objects = labels["object_weight"]
+        faces = labels["is_face"]
+        add("background", out["background"].argmax(1) == labels["background"])
+        add("is_face", (out["is_face"] > 0).float() == faces)
+        for name in _OBJECT_CE_HEADS:
+            add(name, out[name].argmax(1) == labels[name], weight=objects)
         main_class = labels["main_shape"] * len(COLOURS) + labels["main_colour"]
         add(
             "main_class",
             _joint_log_probs(out["main_shape"], out["main_colour"]).argmax(1) == main_class,
+            weight=objects,
         )
         present = labels["region_present"]
-        add("region_present", (out["region_present"] > 0).float() == present)
+        add("region_present", (out["region_present"] > 0).float() == present,
+            weight=objects[:, None].expand_as(present))
         for name in ("region_shape", "region_colour", "region_size"):
             add(name, out[name].argmax(2) == labels[name], weight=present)
         add(
             "shapes_present_exact",
             ((out["shapes_present"] > 0).float() == labels["shapes_present"]).all(1),
+            weight=objects,
         )
+        for name in _FACE_HEADS:
+            add(name, out[name].argmax(1) == labels[name], weight=faces)
+        face_class = (
+            labels["face_hair"] * len(EXPRESSIONS) + labels["face_expression"]
+        ) * len(ACCESSORIES) + labels["face_accessory"]
+        add("face_class", _face_joint_log_probs(out).argmax(1) == face_class, weight=faces)
     return {name: totals[name] / counts[name] for name in totals if counts[name] > 0}
 
 
@@ -560,7 +724,7 @@ def train_inspector(
             bar.advance(f"loss {loss.item():.3f}")
     train_seconds = time.time() - started
     metrics: dict[str, float] = {"train_seconds": train_seconds}
-    for domain in ("scenes", "objects"):
+    for domain in ("scenes", "objects", "faces"):
         held_out = World(domain, "test", resolution, seed=seed, size=config.eval_images)
         for name, value in inspector_accuracy(model, held_out).items():
             metrics[f"{domain}/{name}"] = value
@@ -657,12 +821,19 @@ class _Progress:
 
 
 __all__ = [
+    "FACE_ATTRIBUTES",
+    "FACE_CLASSES",
     "INSPECTOR_VERSION",
+    "IS_CLASSES",
+    "MAIN_ATTRIBUTES",
     "MAIN_CLASSES",
+    "FaceReading",
     "Inspector",
     "InspectorConfig",
     "InspectorReading",
+    "face_attribute_labels",
     "inspector_accuracy",
+    "main_attribute_labels",
     "inspector_path",
     "load_inspector",
     "load_inspector_file",

@@ -1,9 +1,10 @@
 """The built-in world: coloured shapes with compositional captions, generated, never downloaded.
 
 Why it exists: the paper's datasets and CLIP cannot be fetched offline, so the ``mini`` and
-``smoke`` scales train and evaluate on this world instead. It has four domains that mirror the
+``smoke`` scales train and evaluate on this world instead. It has six domains that mirror the
 paper's datasets (``scenes`` ~ MS-COCO, ``objects`` ~ CUB, ``narratives`` ~ LN-COCO, ``web`` ~
-CC3M). Every image is a pure function of ``(domain, split, index, seed)``: a per-image numpy
+CC3M, ``faces`` ~ MM-CelebA-HQ, ``portraits`` ~ FFHQ, which has no captions). Every image is a
+pure function of ``(domain, split, index, seed)``: a per-image numpy
 ``SeedSequence`` is built from those four values, so any image can be regenerated alone, in any
 order, on any machine, and the train and test splits draw from disjoint random streams.
 
@@ -13,12 +14,18 @@ grid, one-pixel linear coverage ramp for anti-aliasing), so thousands of images 
 The first-named object of every caption is the image's *main object*: it is strictly the
 largest and drawn on top, so "the main object" of an image is never ambiguous, which the
 inspector and the SOA analogue rely on.
+
+Face images (``faces``, ``portraits`` and a share of ``web``) hold one centred stylised face
+instead of objects: hair, skin, eyes, a mouth showing the expression and an optional accessory,
+drawn with the same signed-distance renderer. Their ground truth is a :class:`FaceTruth`, not a
+:class:`SceneTruth`; code that needs objects checks which one it holds.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -31,8 +38,22 @@ from lafite.errors import UserError
 # Bump when pixels, captions or ground truth change, so that every cache keyed by the world
 # (materialised folders, the inspector, the world's CLIP, feature caches) is rebuilt.
 WORLD_VERSION = "world-v2"
+# Per-domain revisions on top of WORLD_VERSION: a domain whose content changed alone gets one, so
+# that only its caches are rebuilt (web gained faces; the other domains' pixels did not move).
+_DOMAIN_REVISION = {"web": "faces"}
 
-DOMAINS = ("scenes", "objects", "narratives", "web")
+
+def domain_version(domain: str) -> str:
+    """The content version of ``domain``'s images and captions (part of every world cache key)."""
+    revision = _DOMAIN_REVISION.get(domain)
+    return f"{WORLD_VERSION}+{revision}" if revision else WORLD_VERSION
+
+
+DOMAINS = ("scenes", "objects", "narratives", "web", "faces", "portraits")
+# Every domain but ``portraits`` (the FFHQ analogue: images only, for language-free training).
+CAPTIONED_DOMAINS = ("scenes", "objects", "narratives", "web", "faces")
+# Domains made only of faces; ``web`` mixes faces (WEB_FACE_SHARE) into its object images.
+FACE_DOMAINS = ("faces", "portraits")
 SPLITS = ("train", "test")
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star")
@@ -44,6 +65,16 @@ POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "centre")
 BACKGROUNDS = ("grey", "black", "white", "beige")
 # Shades only occur in the ``objects`` domain (the CUB analogue's finer colour words).
 SHADES = ("", "light", "dark")
+
+# Face attributes (the MM-CelebA-HQ analogue's small vocabularies). Skin is drawn and recorded but
+# never captioned.
+HAIR_COLOURS = ("black", "brown", "blond", "red", "grey")
+EYE_COLOURS = ("blue", "green", "brown")
+EXPRESSIONS = ("smiling", "neutral", "surprised")
+ACCESSORIES = ("none", "glasses", "hat")
+SKIN_TONES = ("light", "medium", "dark")
+# CC3M holds faces among everything else: this share of ``web`` images is a face.
+WEB_FACE_SHARE = 0.18
 
 DEFAULT_SIZES = {"train": 4000, "test": 1000}
 MIN_RESOLUTION = 16
@@ -79,9 +110,37 @@ _SIZE_JITTER = 0.04
 _COLOUR_JITTER = 12
 _BACKGROUND_JITTER = 8
 
+# Face colours: hair, skin, eyes and mouth stay >= 55 RGB units apart wherever they touch, so
+# every attribute stays readable under the colour jitter.
+_HAIR_RGB = {
+    "black": (40, 32, 28),
+    "brown": (90, 52, 25),
+    "blond": (235, 205, 100),
+    "red": (185, 70, 35),
+    "grey": (165, 165, 170),
+}
+_SKIN_RGB = {"light": (240, 205, 180), "medium": (200, 150, 110), "dark": (135, 90, 60)}
+_EYE_RGB = {"blue": (45, 95, 215), "green": (40, 150, 65), "brown": (80, 45, 20)}
+_MOUTH_RGB = (150, 25, 45)
+_GLASSES_RGB = (20, 20, 25)
+_HAT_RGB = tuple(_COLOUR_RGB[c] for c in ("blue", "green", "purple"))  # nuisance, not captioned
+# Hair is never drawn on a background of nearly its colour (black on black, blond on beige),
+# where the hair colour could not be seen.
+_FACE_BACKGROUNDS = {
+    hair: tuple(
+        bg
+        for bg in BACKGROUNDS
+        if np.linalg.norm(np.subtract(_HAIR_RGB[hair], _BACKGROUND_RGB[bg])) >= 60
+    )
+    for hair in HAIR_COLOURS
+}
+
 # Stable codes for the per-image seed: never reorder, only append.
-_DOMAIN_CODE = {"scenes": 11, "objects": 12, "narratives": 13, "web": 14}
+_DOMAIN_CODE = {"scenes": 11, "objects": 12, "narratives": 13, "web": 14, "faces": 15, "portraits": 16}
 _SPLIT_CODE = {"train": 1, "test": 2}
+# Render ids of the face parts (after the world's shapes, whose ids are their SHAPES indices).
+_CIRCLE = SHAPES.index("circle")
+_RING, _SMILE, _BAR, _BRIM, _CROWN = range(len(SHAPES), len(SHAPES) + 5)
 
 
 @dataclass(frozen=True)
@@ -121,6 +180,38 @@ class SceneTruth:
 
 
 @dataclass(frozen=True)
+class FaceTruth:
+    """Ground truth of a face image: one centred face on a background.
+
+    ``to_dict`` nests the face attributes under a ``"face"`` key, which is how ``truth.jsonl``
+    records tell a face from a scene (``read_truths``).
+    """
+
+    background: str
+    hair: str
+    eyes: str
+    expression: str
+    accessory: str
+    skin: str
+
+    def to_dict(self) -> dict:
+        face = {k: v for k, v in asdict(self).items() if k != "background"}
+        return {"background": self.background, "face": face}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FaceTruth:
+        return cls(data["background"], **data["face"])
+
+
+Truth = SceneTruth | FaceTruth
+
+
+def truth_from_dict(data: dict) -> Truth:
+    """A :class:`FaceTruth` or :class:`SceneTruth` from its ``to_dict`` form."""
+    return FaceTruth.from_dict(data) if "face" in data else SceneTruth.from_dict(data)
+
+
+@dataclass(frozen=True)
 class _Placed:
     """Render geometry of one object (fractions of the image side)."""
 
@@ -132,10 +223,26 @@ class _Placed:
 
 
 @dataclass(frozen=True)
+class _FaceLayout:
+    """Where a face sits and its per-part colour noise, so a corruption can redraw one part."""
+
+    cx: float
+    cy: float
+    scale: float
+    skin_noise: tuple[float, float, float]
+    hair_noise: tuple[float, float, float]
+    eye_noise: tuple[float, float, float]
+    hat_rgb: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
 class _Scene:
-    truth: SceneTruth
+    truth: Truth
     background_rgb: tuple[float, float, float]
-    placed: tuple[_Placed, ...]  # same order as truth.objects (main first)
+    # Scenes: same order as truth.objects (main first). Faces: front part first (slot 0 is
+    # painted last), the hair behind everything.
+    placed: tuple[_Placed, ...]
+    face_layout: _FaceLayout | None = None
 
 
 def _check_domain(domain: str) -> None:
@@ -192,11 +299,12 @@ class World:
         """A name that changes whenever any pixel or caption of this world would change."""
         return (
             f"{self.domain}-{self.split}-r{self.resolution}-s{self.seed}-n{self.size}-"
-            f"{WORLD_VERSION}"
+            f"{domain_version(self.domain)}"
         )
 
     # -- per-image randomness -------------------------------------------------------------------
-    def _streams(self, index: int) -> tuple[np.random.Generator, np.random.Generator]:
+    def _streams(self, index: int) -> tuple[np.random.Generator, np.random.Generator, bool]:
+        """(scene stream, caption stream, whether the image is a face)."""
         if not 0 <= index < self.size:
             raise IndexError(f"image index {index} out of range for {self!r}")
         root = np.random.SeedSequence(
@@ -204,18 +312,32 @@ class World:
         )
         # Separate streams: changing the caption templates never moves a pixel, and vice versa.
         scene_seq, caption_seq = root.spawn(2)
-        return np.random.default_rng(scene_seq), np.random.default_rng(caption_seq)
+        face = self.domain in FACE_DOMAINS
+        if self.domain == "web":
+            # A third child stream decides which web images are faces: the first two streams,
+            # and so every web image that is not a face, stay what they were before faces.
+            (kind_seq,) = root.spawn(1)
+            face = bool(np.random.default_rng(kind_seq).random() < WEB_FACE_SHARE)
+        return np.random.default_rng(scene_seq), np.random.default_rng(caption_seq), face
 
     def _scene(self, index: int) -> _Scene:
-        scene_rng, _ = self._streams(index)
-        return _sample_scene(self.domain, scene_rng)
+        scene_rng, _, face = self._streams(index)
+        return _sample_face(scene_rng) if face else _sample_scene(self.domain, scene_rng)
 
     # -- public API -----------------------------------------------------------------------------
-    def truth(self, index: int) -> SceneTruth:
+    def truth(self, index: int) -> Truth:
+        """A :class:`FaceTruth` for face images, else a :class:`SceneTruth`."""
         return self._scene(index).truth
 
     def captions(self, index: int) -> list[str]:
-        scene_rng, caption_rng = self._streams(index)
+        """The image's captions; [] for ``portraits`` (the FFHQ analogue has none)."""
+        scene_rng, caption_rng, face = self._streams(index)
+        if self.domain not in CAPTIONED_DOMAINS:
+            return []
+        if face:
+            truth = _sample_face(scene_rng).truth
+            captioner = _web_face_caption if self.domain == "web" else _face_captions
+            return captioner(truth, caption_rng)
         truth = _sample_scene(self.domain, scene_rng).truth
         return _CAPTIONERS[self.domain](truth, caption_rng)
 
@@ -229,14 +351,20 @@ class World:
         return render_scenes(scenes, self.resolution)
 
     def corrupted(self, indices: Sequence[int], corruption: str, seed: int = 0
-                  ) -> tuple[list[SceneTruth], np.ndarray]:
-        """The images ``indices`` with one controlled change (:data:`CORRUPTIONS`), and the
+                  ) -> tuple[list[Truth], np.ndarray]:
+        """The images ``indices`` with one controlled change (``corruptions(domain)``), and the
         truth of what is drawn. The random redraws depend on ``seed`` only."""
+        valid = corruptions(self.domain)
+        if corruption not in valid:
+            raise UserError(
+                f"unknown corruption {corruption!r} for the {self.domain} domain; valid: "
+                f"{', '.join(valid)}"
+            )
         rng = np.random.default_rng([int(seed), _DOMAIN_CODE[self.domain], _SPLIT_CODE[self.split]])
         scenes = [corrupt_scene(self._scene(int(i)), corruption, rng) for i in indices]
         return [s.truth for s in scenes], render_scenes(scenes, self.resolution)
 
-    def scenes_and_images(self, indices: Sequence[int]) -> tuple[list[SceneTruth], np.ndarray]:
+    def scenes_and_images(self, indices: Sequence[int]) -> tuple[list[Truth], np.ndarray]:
         """Ground truth and pixels in one pass (the inspector trains on both)."""
         scenes = [self._scene(int(i)) for i in indices]
         return [s.truth for s in scenes], render_scenes(scenes, self.resolution)
@@ -297,6 +425,80 @@ def _place(obj: WorldObject, rng: np.random.Generator) -> _Placed:
     return _Placed(SHAPES.index(obj.shape), cx, cy, radius, rgb)
 
 
+# -- faces ---------------------------------------------------------------------------------------
+
+# Geometry in fractions of the image side, for scale 1: at 32 px the head is 17 px across and
+# each eye 3 px, at 16 px half that.
+_FACE_CENTRE = (0.5, 0.56)
+_HEAD_RADIUS = 0.27
+_HAIR_RADIUS = 0.37
+_HAIR_RISE = 0.05  # hair disc centre above the head centre
+_EYE_DX, _EYE_RISE, _EYE_RADIUS = 0.10, 0.05, 0.05
+_MOUTH_DROP = 0.13
+_SKIN_JITTER = 10
+
+
+def _noise(rng: np.random.Generator, amount: float) -> tuple[float, float, float]:
+    a, b, c = rng.uniform(-amount, amount, size=3).tolist()
+    return a, b, c
+
+
+def _sample_face(rng: np.random.Generator) -> _Scene:
+    hair = _choice(rng, HAIR_COLOURS)
+    eyes = _choice(rng, EYE_COLOURS)
+    expression = _choice(rng, EXPRESSIONS)
+    accessory = _choice(rng, ACCESSORIES)
+    skin = _choice(rng, SKIN_TONES)
+    background = _choice(rng, _FACE_BACKGROUNDS[hair])
+    layout = _FaceLayout(
+        cx=_FACE_CENTRE[0] + rng.uniform(-_POSITION_JITTER, _POSITION_JITTER),
+        cy=_FACE_CENTRE[1] + rng.uniform(-_POSITION_JITTER, _POSITION_JITTER),
+        scale=1 + rng.uniform(-_SIZE_JITTER, _SIZE_JITTER),
+        skin_noise=_noise(rng, _SKIN_JITTER),
+        hair_noise=_noise(rng, _COLOUR_JITTER),
+        eye_noise=_noise(rng, _COLOUR_JITTER),
+        hat_rgb=_jittered_rgb(_choice(rng, _HAT_RGB), rng, _COLOUR_JITTER),
+    )
+    bg_rgb = _jittered_rgb(_BACKGROUND_RGB[background], rng, _BACKGROUND_JITTER)
+    truth = FaceTruth(background, hair, eyes, expression, accessory, skin)
+    return _Scene(truth, bg_rgb, _face_parts(truth, layout), layout)
+
+
+def _face_parts(truth: FaceTruth, layout: _FaceLayout) -> tuple[_Placed, ...]:
+    """Render geometry of a face, front part first (slot 0 is painted last)."""
+
+    def rgb(base: Sequence[int], noise: Sequence[float]) -> tuple[float, float, float]:
+        r, g, b = (min(255.0, max(0.0, v + d)) for v, d in zip(base, noise))
+        return r, g, b
+
+    s, x, y = layout.scale, layout.cx, layout.cy
+    hair = _Placed(_CIRCLE, x, y - _HAIR_RISE * s, _HAIR_RADIUS * s,
+                   rgb(_HAIR_RGB[truth.hair], layout.hair_noise))
+    head = _Placed(_CIRCLE, x, y, _HEAD_RADIUS * s, rgb(_SKIN_RGB[truth.skin], layout.skin_noise))
+    eye_y = y - _EYE_RISE * s
+    eye_rgb = rgb(_EYE_RGB[truth.eyes], layout.eye_noise)
+    eyes = [_Placed(_CIRCLE, x + dx * s, eye_y, _EYE_RADIUS * s, eye_rgb)
+            for dx in (-_EYE_DX, _EYE_DX)]
+    mouth_y = y + _MOUTH_DROP * s
+    if truth.expression == "smiling":
+        # A U: the lower half of a ring whose centre sits above the mouth line.
+        mouth = _Placed(_SMILE, x, mouth_y - 0.04 * s, 0.085 * s, _MOUTH_RGB)
+    elif truth.expression == "surprised":
+        mouth = _Placed(_CIRCLE, x, mouth_y, 0.05 * s, _MOUTH_RGB)
+    else:
+        mouth = _Placed(_BAR, x, mouth_y, 0.085 * s, _MOUTH_RGB)
+    front: list[_Placed] = []
+    if truth.accessory == "glasses":
+        front = [_Placed(_RING, x + dx * s, eye_y, 0.085 * s, _GLASSES_RGB)
+                 for dx in (-_EYE_DX, _EYE_DX)]
+    elif truth.accessory == "hat":
+        front = [
+            _Placed(_CROWN, x, y - 0.36 * s, 0.2 * s, layout.hat_rgb),
+            _Placed(_BRIM, x, y - 0.25 * s, 0.38 * s, layout.hat_rgb),
+        ]
+    return (*front, mouth, *eyes, head, hair)
+
+
 # -- controlled corruptions ------------------------------------------------------------------------
 
 # Each renders the same scenes with one thing changed, to read what a metric sees (what FID on
@@ -313,14 +515,38 @@ CORRUPTIONS = {
     "no-secondary": "the secondary objects removed",
     "no-objects": "every object removed (background only)",
 }
+# The same idea for the face domains: one face attribute redrawn, or the face removed.
+FACE_CORRUPTIONS = {
+    "none": "the images as they are",
+    "face-hair": "the hair colour redrawn at random",
+    "face-eyes": "the eye colour redrawn at random",
+    "face-expression": "the expression redrawn at random",
+    "face-accessory": "the accessory redrawn at random",
+    "no-face": "the face removed (background only)",
+}
+
+
+def corruptions(domain: str) -> dict[str, str]:
+    """The controlled corruptions of ``domain``'s images: name -> description.
+
+    ``web`` takes the object corruptions; its face images pass through them unchanged, except
+    ``no-objects``, which removes the face too.
+    """
+    _check_domain(domain)
+    return FACE_CORRUPTIONS if domain in FACE_DOMAINS else CORRUPTIONS
 
 
 def corrupt_scene(scene: _Scene, corruption: str, rng: np.random.Generator) -> _Scene:
-    """``scene`` with one controlled change (:data:`CORRUPTIONS`); its truth says what is drawn."""
-    if corruption not in CORRUPTIONS:
+    """``scene`` with one controlled change; its truth says what is drawn."""
+    if corruption not in CORRUPTIONS and corruption not in FACE_CORRUPTIONS:
         raise UserError(
-            f"unknown corruption {corruption!r}; valid: {', '.join(CORRUPTIONS)}"
+            f"unknown corruption {corruption!r}; valid: "
+            f"{', '.join(dict.fromkeys([*CORRUPTIONS, *FACE_CORRUPTIONS]))}"
         )
+    if isinstance(scene.truth, FaceTruth):
+        return _corrupt_face(scene, corruption, rng)
+    if corruption in FACE_CORRUPTIONS and corruption not in CORRUPTIONS:
+        return scene
     truth, placed = scene.truth, list(scene.placed)
     objects = list(truth.objects)
     if corruption == "all-circles":
@@ -343,6 +569,26 @@ def corrupt_scene(scene: _Scene, corruption: str, rng: np.random.Generator) -> _
     elif corruption == "no-objects":
         objects, placed = [], []
     return _Scene(SceneTruth(truth.background, tuple(objects)), scene.background_rgb, tuple(placed))
+
+
+def _corrupt_face(scene: _Scene, corruption: str, rng: np.random.Generator) -> _Scene:
+    truth = scene.truth
+    assert isinstance(truth, FaceTruth) and scene.face_layout is not None
+    if corruption in ("no-face", "no-objects"):
+        return _Scene(SceneTruth(truth.background, ()), scene.background_rgb, ())
+    if corruption == "face-hair":
+        # Only hair colours that may appear on this background (never black on black).
+        options = [h for h in HAIR_COLOURS if truth.background in _FACE_BACKGROUNDS[h]]
+        truth = replace(truth, hair=_choice(rng, options))
+    elif corruption == "face-eyes":
+        truth = replace(truth, eyes=_choice(rng, EYE_COLOURS))
+    elif corruption == "face-expression":
+        truth = replace(truth, expression=_choice(rng, EXPRESSIONS))
+    elif corruption == "face-accessory":
+        truth = replace(truth, accessory=_choice(rng, ACCESSORIES))
+    else:  # "none" and the object corruptions leave a face as it is
+        return scene
+    return replace(scene, truth=truth, placed=_face_parts(truth, scene.face_layout))
 
 
 def _sample_layout(domain: str, rng: np.random.Generator) -> list[WorldObject]:
@@ -432,8 +678,37 @@ def _sd_star(px, py, r):
     return np.hypot(px - bax * h, py - bay * h) * np.sign(py * bax - px * bay)
 
 
-_SDF = (_sd_circle, _sd_square, _sd_triangle, _sd_diamond, _sd_cross, _sd_star)
-assert len(_SDF) == len(SHAPES)
+def _sd_ring(px, py, r):
+    # Glasses rim: a ring of radius r, 0.5 r thick.
+    return np.abs(np.hypot(px, py) - r) - 0.25 * r
+
+
+def _sd_smile(px, py, r):
+    # The lower half of a ring (a U), 0.6 r thick, with round ends.
+    half = 0.3 * r
+    ring = np.abs(np.hypot(px, py) - r) - half
+    ends = np.hypot(np.abs(px) - r, py) - half
+    return np.where(py < 0, ring, ends)
+
+
+def _sd_bar(px, py, r):
+    return _sd_box(px, py, r, 0.3 * r)
+
+
+def _sd_brim(px, py, r):
+    return _sd_box(px, py, r, 0.1 * r)
+
+
+def _sd_crown(px, py, r):
+    return _sd_box(px, py, r, 0.5 * r)
+
+
+# The world's shapes first (ids = SHAPES indices), then the face parts.
+_SDF = (
+    _sd_circle, _sd_square, _sd_triangle, _sd_diamond, _sd_cross, _sd_star,
+    _sd_ring, _sd_smile, _sd_bar, _sd_brim, _sd_crown,
+)
+assert _SDF.index(_sd_ring) == _RING and _SDF.index(_sd_crown) == _CROWN
 
 
 def render_scenes(scenes: Sequence[_Scene], resolution: int) -> np.ndarray:
@@ -735,6 +1010,134 @@ def _web_caption(truth: SceneTruth, rng: np.random.Generator) -> list[str]:
     return [text]
 
 
+# -- face captions (MM-CelebA-HQ analogue, and the faces among web images) ------------------------
+
+# Words naming each face attribute value; a caption puts a hair word right before "hair" or
+# "-haired" and an eye word right before "eyes" or "-eyed", so a reader can tell brown hair from
+# brown eyes. Expressions are adjectives ("a smiling person", "the person is smiling"). The
+# accessory "none" is never named.
+FACE_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "hair": {
+        "black": ("black", "jet-black", "raven"),
+        "brown": ("brown", "chestnut", "dark brown"),
+        "blond": ("blond", "blonde", "fair"),
+        "red": ("red", "ginger", "auburn"),
+        "grey": ("grey", "gray", "silver"),
+    },
+    "eyes": {"blue": ("blue", "sky-blue"), "green": ("green", "emerald"), "brown": ("brown", "dark")},
+    "expression": {
+        "smiling": ("smiling", "happy", "cheerful", "grinning"),
+        "neutral": ("serious", "calm", "expressionless", "neutral-looking"),
+        "surprised": ("surprised", "astonished", "shocked", "open-mouthed"),
+    },
+    "accessory": {"none": (), "glasses": ("glasses", "eyeglasses", "spectacles"), "hat": ("hat",)},
+}
+_FACE_NOUNS = ("person", "individual", "face")
+_WEB_FACE_NOUNS = ("person", "face", "model", "portrait")
+
+
+def _face_words(truth: FaceTruth, rng: np.random.Generator, nouns: Sequence[str]) -> dict[str, str]:
+    words = {attr: _choice(rng, FACE_WORDS[attr][getattr(truth, attr)])
+             for attr in ("hair", "eyes", "expression")}
+    words["noun"] = _choice(rng, nouns)
+    if truth.accessory == "glasses":
+        glasses = _choice(rng, FACE_WORDS["accessory"]["glasses"])
+        words["acc"] = _choice(rng, (f" wearing {glasses}", f" with {glasses}"))
+    elif truth.accessory == "hat":
+        words["acc"] = _choice(rng, (" wearing a hat", " in a hat", " with a hat on"))
+    else:
+        words["acc"] = ""
+    bg = truth.background
+    words["bg"] = bg
+    words["backdrop"] = _choice(
+        rng, (f"on a {bg} background", f"against a {bg} backdrop", f"in front of a {bg} wall")
+    )
+    return words
+
+
+_ARTICLE = re.compile(r"\b(a|an) (\w)")
+
+
+def _fix_articles(text: str) -> str:
+    """"a"/"an" agreeing with the word after it, whatever word a template slot received."""
+    return _ARTICLE.sub(lambda m: f"{_article(m.group(2))} {m.group(2)}", text)
+
+
+_FACE_TEMPLATES = (
+    "a {expression} {noun} with {hair} hair and {eyes} eyes{acc}",
+    "this {noun} has {hair} hair and {eyes} eyes",
+    "the {noun} is {expression} and has {hair} hair{acc}",
+    "a {hair}-haired {noun}{acc} {backdrop}",
+    "a {noun} with {eyes} eyes who is {expression}",
+    "a close-up of a {expression} {noun}{acc}",
+    "{hair} hair, {eyes} eyes, {expression} {noun}{acc}, {bg} background",
+    "a portrait of a {noun} with {hair} hair {backdrop}",
+    "the {noun} in the picture is {expression} and has {eyes} eyes",
+    "this {noun} is {expression}{acc}",
+    "a {noun} with {hair} hair{acc}",
+    "a {expression} {hair}-haired {noun} with {eyes} eyes {backdrop}",
+    "a {eyes}-eyed {noun} with {hair} hair, {expression}{acc}",
+)
+
+
+def _face_captions(truth: FaceTruth, rng: np.random.Generator, count: int = 10) -> list[str]:
+    """Ten templated captions, each naming some or all of the attributes with synonyms."""
+    picks = rng.choice(len(_FACE_TEMPLATES), size=count, replace=False)
+    captions = []
+    for i in picks:
+        words = _face_words(truth, rng, _FACE_NOUNS)
+        captions.append(_fix_articles(_FACE_TEMPLATES[int(i)].format(**words)))
+    return captions
+
+
+_FACE_FILLER_PREFIX = (
+    "stock photo of",
+    "portrait photo:",
+    "closeup of",
+    "avatar:",
+    "image may contain:",
+    "headshot of",
+)
+_FACE_FILLER_SUFFIX = ("| stock photo", "#portrait", "- high quality", "hd", "(2019)", "- royalty free")
+
+
+def _web_face_caption(truth: FaceTruth, rng: np.random.Generator) -> list[str]:
+    """One noisy web caption of a face: filler words, partial attributes, jumbled forms.
+
+    The hair colour is almost always named (it is the most visible attribute); the expression,
+    eyes, accessory and background only sometimes.
+    """
+    w = _face_words(truth, rng, _WEB_FACE_NOUNS)
+    say_hair = rng.random() < 0.9
+    say_expression = rng.random() < 0.7 or not say_hair
+    form = rng.random()
+    if form < 0.2 and say_hair:
+        parts = [f"{w['hair']} hair"]  # headline list, e.g. "blond hair, blue eyes, smiling"
+        if rng.random() < 0.5:
+            parts.append(f"{w['eyes']} eyes")
+        if say_expression:
+            parts.append(w["expression"])
+        text = ", ".join(parts)
+    else:
+        text = w["noun"]
+        if say_hair:
+            text = f"{w['hair']}-haired {text}" if rng.random() < 0.4 else f"{text} with {w['hair']} hair"
+        if say_expression:
+            text = f"{w['expression']} {text}"
+        text = f"a {text}" if rng.random() < 0.6 else text
+        if rng.random() < 0.3:
+            text += f" and {w['eyes']} eyes" if say_hair and " with " in text else f" with {w['eyes']} eyes"
+    if w["acc"] and rng.random() < 0.6:
+        text += w["acc"]
+    if rng.random() < 0.4:
+        text += _choice(rng, (f", {w['bg']} background", f" on {w['bg']}", f" {w['backdrop']}"))
+    if rng.random() < 0.5:
+        text = f"{_choice(rng, _FACE_FILLER_PREFIX)} {text}"
+    if rng.random() < 0.3:
+        text = f"{text} {_choice(rng, _FACE_FILLER_SUFFIX)}"
+    return [_fix_articles(text)]
+
+
 _CAPTIONERS = {
     "scenes": _scene_captions,
     "objects": _object_captions,
@@ -750,7 +1153,7 @@ COMPLETE_MARKER = "complete.json"
 
 def _marker(world: World) -> dict:
     return {
-        "world_version": WORLD_VERSION,
+        "world_version": domain_version(world.domain),
         "domain": world.domain,
         "split": world.split,
         "resolution": world.resolution,
@@ -770,9 +1173,10 @@ def is_materialised(world: World, out_dir: str | os.PathLike) -> bool:
 def materialise(world: World, out_dir: str | os.PathLike, progress: bool = False) -> Path:
     """Write the world as ``NNNNNNNN.png`` + ``NNNNNNNN.txt`` (one caption a line) + ``truth.jsonl``.
 
-    The official code's folder format, so one loader serves the world and real datasets.
-    Idempotent: a folder whose completion marker matches is left untouched. The folder is built
-    next to its destination and moved into place with the marker written last, so an
+    The official code's folder format, so one loader serves the world and real datasets. An
+    uncaptioned domain (``portraits``) gets no ``.txt`` files, like FFHQ. Idempotent: a folder
+    whose completion marker matches is left untouched. The folder is built next to its
+    destination and moved into place with the marker written last, so an
     interrupted or concurrent run never leaves a half-written folder that looks complete.
     """
     from PIL import Image
@@ -786,6 +1190,7 @@ def materialise(world: World, out_dir: str | os.PathLike, progress: bool = False
         shutil.rmtree(staging)
     staging.mkdir()
     chunk = 512
+    captioned = world.domain in CAPTIONED_DOMAINS
     with _progress(progress, f"materialising {world.key}", len(world)) as advance:
         with open(staging / "truth.jsonl", "w") as truth_file:
             for start in range(0, len(world), chunk):
@@ -795,7 +1200,9 @@ def materialise(world: World, out_dir: str | os.PathLike, progress: bool = False
                 for offset, index in enumerate(indices):
                     stem = f"{index:08d}"
                     Image.fromarray(pixels[offset]).save(staging / f"{stem}.png", compress_level=1)
-                    (staging / f"{stem}.txt").write_text("\n".join(world.captions(index)) + "\n")
+                    if captioned:
+                        captions = world.captions(index)
+                        (staging / f"{stem}.txt").write_text("\n".join(captions) + "\n")
                     record = {"file": f"{stem}.png", **scenes[offset].truth.to_dict()}
                     truth_file.write(json.dumps(record) + "\n")
                 advance(len(indices))
@@ -809,14 +1216,17 @@ def materialise(world: World, out_dir: str | os.PathLike, progress: bool = False
     return out
 
 
-def read_truths(folder: str | os.PathLike) -> dict[str, SceneTruth]:
-    """Ground truth of a materialised world folder, by image file name."""
+def read_truths(folder: str | os.PathLike) -> dict[str, Truth]:
+    """Ground truth of a materialised world folder, by image file name.
+
+    A record with a ``"face"`` key is a :class:`FaceTruth`, any other a :class:`SceneTruth`.
+    """
     path = Path(folder) / "truth.jsonl"
     truths = {}
     with open(path) as handle:
         for line in handle:
             record = json.loads(line)
-            truths[record.pop("file")] = SceneTruth.from_dict(record)
+            truths[record.pop("file")] = truth_from_dict(record)
     return truths
 
 
@@ -843,20 +1253,36 @@ class _progress:
 
 
 __all__ = [
+    "ACCESSORIES",
     "BACKGROUNDS",
+    "CAPTIONED_DOMAINS",
     "COLOURS",
+    "CORRUPTIONS",
     "DOMAINS",
+    "EXPRESSIONS",
+    "EYE_COLOURS",
+    "FACE_CORRUPTIONS",
+    "FACE_DOMAINS",
+    "FACE_WORDS",
+    "HAIR_COLOURS",
     "POSITIONS",
     "SHAPES",
     "SHAPE_WORDS",
     "SIZES",
+    "SKIN_TONES",
     "SPLITS",
+    "WEB_FACE_SHARE",
     "WORLD_VERSION",
+    "FaceTruth",
     "SceneTruth",
+    "Truth",
     "World",
     "WorldObject",
+    "corruptions",
+    "domain_version",
     "is_materialised",
     "materialise",
     "read_truths",
     "render_scenes",
+    "truth_from_dict",
 ]

@@ -4,8 +4,9 @@ At mini and smoke scale FID is computed on the inspector's features, not Incepti
 values have no outside scale. This module measures one, with the run's own evaluation settings
 (extractor, reference split and size, number of images): real training images of the run's
 world as they are (the floor a perfect generator would reach with that many images), the same
-scenes with one thing changed (``lafite.data.world.CORRUPTIONS``: every object a circle, a main
-attribute redrawn, objects removed), the real images blurred by the FID-k Gaussian, and flat
+scenes with one thing changed (``lafite.data.world.corruptions(domain)``: every object a circle,
+a main attribute redrawn, objects removed; for faces, a face attribute redrawn or the face
+removed), the real images blurred by the FID-k Gaussian, and flat
 images of the training set's mean colour. A generator's FID then reads against these, e.g.
 "between blurred by 2 px and all objects drawn as circles".
 
@@ -24,7 +25,7 @@ import torch
 
 from lafite.config import RunConfig
 from lafite.data.inspector import load_inspector
-from lafite.data.world import CORRUPTIONS, World
+from lafite.data.world import World, corruptions
 from lafite.errors import UserError
 from lafite.metrics.extractors import module_extractor
 from lafite.metrics.fidelity import (
@@ -67,7 +68,8 @@ def anchor_images(
     out = []
     indices = range(n)
     real = None
-    for name, description in CORRUPTIONS.items():
+    # The face domains have their own corruptions (an attribute of the face redrawn, no face).
+    for name, description in corruptions(cfg.world.domain).items():
         _, images = world.corrupted(indices, name, seed=seed)
         tensor = _nchw(images)
         out.append((name if name != "none" else "real", description, tensor))
