@@ -260,8 +260,8 @@ def test_modes_and_datasets_resolve_per_scale():
     assert (paper.mode, paper.data.dataset, paper.clip.name) == ("supervised", "coco2014", "ViT-B-16")
     assert (mini.data.dataset, mini.world.domain, mini.clip.name) == ("world", "scenes", "world")
     faces = t3.resolve(t3.row("LAFITE (MM-CelebA-HQ)"), "mini")
-    assert (faces.world.domain, faces.loss.r1_gamma, faces.eval.metrics) == ("faces", 0.016,
-                                                                             ("IS", "FID-0"))
+    assert (faces.world.domain, faces.loss.r1_gamma, faces.eval.metrics) == (
+        "faces", 0.016, ("IS", "FID-0", "caption-accuracy"))
     assert t3.resolve(t3.row("LAFITE (MM-CelebA-HQ)"), "paper").eval.n_samples == 6000
     t2 = spec_mod.find("table2")
     zero = t2.resolve(t2.row("LAFITE"), "mini")

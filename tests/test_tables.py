@@ -63,6 +63,19 @@ def test_every_trainable_row_finishes_and_is_recorded(tables, spec_id):
             spec.row(run.data.tags["lafite.row"]), "smoke").mode
 
 
+def test_supervised_faces_are_scored_on_the_attributes_their_captions_name(tables):
+    home, _ = tables
+    (faces,) = [r for r in _children(home, "table3")
+                if r.data.tags["lafite.row"] == "LAFITE (MM-CelebA-HQ)"]
+    face_metrics = {"face-hair-accuracy", "face-eyes-accuracy", "face-expression-accuracy",
+                    "face-accessory-accuracy", "caption-accuracy"}
+    assert face_metrics <= set(faces.data.metrics)
+    assert all(0.0 <= faces.data.metrics[m] <= 1.0 for m in face_metrics)
+    (scenes,) = [r for r in _children(home, "table3")
+                 if r.data.tags["lafite.row"] == "LAFITE (MS-COCO)"]
+    assert "face-hair-accuracy" not in scenes.data.metrics
+
+
 def test_pretraining_jobs_are_built_once_and_shared(tables):
     home, results = tables
     jobs = sorted(p.name.rsplit("-", 1)[0] for p in (home / "models" / "jobs").iterdir())

@@ -47,6 +47,10 @@ _INFOS = [
         "number of objects as captioned, over captions naming every object (world only)",
     ),
     MetricInfo("background-accuracy", True, "background as captioned (world only)"),
+    MetricInfo("face-hair-accuracy", True, "hair colour as captioned (world faces only)"),
+    MetricInfo("face-eyes-accuracy", True, "eye colour as captioned (world faces only)"),
+    MetricInfo("face-expression-accuracy", True, "expression as captioned (world faces only)"),
+    MetricInfo("face-accessory-accuracy", True, "accessory as captioned (world faces only)"),
     MetricInfo("R-precision", True, "CLIP R-precision: true caption ranked first of R"),
     MetricInfo("CLIP-score", True, "mean cosine between generated image and its condition"),
     MetricInfo(

@@ -42,7 +42,7 @@ from lafite.metrics import (
     fid_radius,
     metric_info,
 )
-from lafite.metrics.soa import CAPTION_METRICS
+from lafite.metrics.soa import CAPTION_METRICS, FACE_CAPTION_METRICS
 from lafite.workspace import Workspace
 
 EVAL_SPLIT = "test"
@@ -328,7 +328,8 @@ def _evaluate(
     finishers = []
 
     # Caption accuracy (world only), on the streamed images.
-    caption_names = [name for name in names if name in CAPTION_METRICS]
+    caption_names = [name for name in names
+                     if name in CAPTION_METRICS or name in FACE_CAPTION_METRICS]
     if caption_names:
         reason = None
         if not is_world:
@@ -530,13 +531,17 @@ def _caption_accuracy_observer(cfg, stream, judge, caption_names):
 
     def finish(result: EvaluationResult) -> None:
         # Asking for caption-accuracy reports its parts too: training's conditioning check.
+        from lafite.data.world import FACE_DOMAINS
+
+        parts = ({**CAPTION_METRICS, **FACE_CAPTION_METRICS} if cfg.world.domain in FACE_DOMAINS
+                 else CAPTION_METRICS)
         wanted = set(caption_names)
         if "caption-accuracy" in wanted:
-            wanted |= set(CAPTION_METRICS)
-        for name in CAPTION_METRICS:
+            wanted |= set(parts)
+        for name, part in {**CAPTION_METRICS, **FACE_CAPTION_METRICS}.items():
             if name not in wanted:
                 continue
-            value = score.accuracy(CAPTION_METRICS[name])
+            value = score.accuracy(part)
             if value is None:
                 result.not_computed[name] = (
                     f"no caption of the {cfg.world.domain} domain names this attribute"

@@ -42,6 +42,10 @@ FRACTION_METRICS = frozenset(
         "main-size-accuracy",
         "object-count-accuracy",
         "background-accuracy",
+        "face-hair-accuracy",
+        "face-eyes-accuracy",
+        "face-expression-accuracy",
+        "face-accessory-accuracy",
     }
 )
 
