@@ -84,10 +84,20 @@ def _unknown_key(tmp_path: Path) -> tuple[list[str], str]:
             ["run", "table5", "--scale", "paper", "--rows", "LAFITE_G"],
             r"dataset 'coco2014' needs data.data_root",
         ),
+        lambda tmp: (
+            ["run", "table5", "--scale", "smoke", "--rows", "LAFITE_G", "--set",
+             f"train.init_checkpoint={tmp / 'gone.pt'}"],
+            r"pre-trained checkpoint .*gone\.pt does not exist \(train\.init_checkpoint\)",
+        ),
+        lambda tmp: (
+            ["run", "figure7", "--scale", "smoke", "--set", "data.paired_fraction=1.5"],
+            r"'data\.paired_fraction' must be in \[0, 1\]",
+        ),
     ],
     ids=["unknown-table", "bad-scale", "unknown-row", "bad-seeds", "bad-set", "generate-nothing",
          "unknown-metric",
-         "yaml-syntax", "unknown-key", "missing-dataset"],
+         "yaml-syntax", "unknown-key", "missing-dataset", "missing-init-checkpoint",
+         "pair-fraction"],
 )
 def test_bad_input_exits_2_with_one_message_and_records_nothing(workspace, tmp_path, case):
     import re
