@@ -67,6 +67,11 @@ class DataConfig:
     paired_fraction: float = 1.0
     # "first": the first fraction of the sorted file list (official); "random": a seeded draw.
     paired_split: Literal["first", "random"] = "first"
+    # Where the training captions come from, instead of the dataset's own (Table 1's captioning
+    # baseline): a captioner job of experiments/jobs.yaml, or a captions file (paper scale: the
+    # VinVL captions of the training images). At most one; empty = the dataset's captions.
+    captions_job: str = ""
+    captions_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -313,6 +318,11 @@ class RunConfig:
             raise ConfigError(
                 f"{where}: 'data.paired_fraction' is {p} but mode is {self.mode!r}: the pair "
                 "fraction only applies with mode: semi-supervised (remove it, or set the mode)"
+            )
+        if self.data.captions_job and self.data.captions_file:
+            raise ConfigError(
+                f"{where}: set one of 'data.captions_job' ({self.data.captions_job!r}) and "
+                f"'data.captions_file' ({self.data.captions_file!r}), not both"
             )
         if self.train.init_job and self.train.init_checkpoint:
             raise ConfigError(

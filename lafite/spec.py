@@ -45,7 +45,8 @@ from lafite.errors import ConfigError, UserError
 SCALES = ("smoke", "mini", "paper")
 
 # Roles a row may name in ``needs`` and the RunConfig field that takes the job's name.
-NEEDS_FIELDS = {"inference_model": "perturb.nn_job", "generator": "train.init_job"}
+NEEDS_FIELDS = {"inference_model": "perturb.nn_job", "generator": "train.init_job",
+                "captioner": "data.captions_job"}
 
 
 class SpecError(UserError):
