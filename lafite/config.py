@@ -16,7 +16,7 @@ keyword, so the attribute is ``lambda_``; everywhere a user sees it (YAML, MLflo
 is ``lambda``.
 
 Sections are owned by concerns: ``data`` and ``world`` by the data layer, ``clip`` by clip.py,
-``perturb`` by perturb.py, ``model`` by model/, ``loss`` by losses.py, ``train`` by train.py and
+``encoder`` by encoders/, ``perturb`` by perturb.py, ``model`` by model/, ``loss`` by losses.py, ``train`` by train.py and
 ``eval`` by metrics/. Add a knob to the section whose module reads it.
 """
 
@@ -99,6 +99,27 @@ class ClipConfig:
     real_crop: float = 0.99
     # Training seed of the world's small CLIP (name "world"); each seed is a separate model.
     world_seed: int = 0
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The encoder that turns captions into condition vectors (Table 6).
+
+    ``name``: "clip" is the run's CLIP (``clip.*``), whose text features are the conditions and
+    whose image features make the pseudo text features; a text-only encoder has no image side,
+    so it trains supervised only and without L_ConG: "roberta-base" and "roberta-large" (paper
+    scale, Hugging Face transformers) or the world's text-only encoders "world-text-small" and
+    "world-text-large" (mini and smoke scale, trained on world captions alone).
+    """
+
+    name: Literal["clip", "roberta-base", "roberta-large", "world-text-small",
+                  "world-text-large"] = "clip"
+    # A Hugging Face model folder or hub id for the RoBERTa encoders ("" = the model's hub id,
+    # from the local cache when offline).
+    path: str = ""
+    # How token features become one vector (the paper does not say): "mean" over the caption's
+    # tokens, or "cls", the first token's feature (RoBERTa's <s>).
+    pooling: Literal["mean", "cls"] = "mean"
 
 
 @dataclass(frozen=True)
@@ -251,6 +272,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -324,6 +346,18 @@ class RunConfig:
                 f"{where}: set one of 'data.captions_job' ({self.data.captions_job!r}) and "
                 f"'data.captions_file' ({self.data.captions_file!r}), not both"
             )
+        if self.encoder.name != "clip":
+            if self.mode != "supervised":
+                raise ConfigError(
+                    f"{where}: encoder.name {self.encoder.name!r} is a text-only encoder: it has no "
+                    f"image features to make pseudo text features from, so mode must be "
+                    f"'supervised' (got {self.mode!r})"
+                )
+            if self.loss.con_g:
+                raise ConfigError(
+                    f"{where}: encoder.name {self.encoder.name!r} has no image encoder for the "
+                    "generated images, so L_ConG cannot be computed: set loss.con_g: false"
+                )
         if self.train.init_job and self.train.init_checkpoint:
             raise ConfigError(
                 f"{where}: set one of 'train.init_job' ({self.train.init_job!r}) and "
@@ -466,6 +500,7 @@ __all__ = [
     "MODES",
     "ClipConfig",
     "DataConfig",
+    "EncoderConfig",
     "EvalConfig",
     "LossConfig",
     "ModelConfig",
