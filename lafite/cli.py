@@ -419,12 +419,17 @@ def generate(ctx: click.Context, run_ref: str, captions: tuple[str, ...], image:
     if image is not None and len(captions) > 1:
         raise UserError("generate: with --image give at most one --caption (image + caption)")
     from lafite import sampling
-    from lafite.clip import load_clip
+    from lafite.encoders import load_text_encoder
     from lafite.train import load_generator
 
     workspace = _workspace(ctx)
     g_ema, cfg = load_generator(_checkpoint(ctx, run_ref, tracking_uri))
-    encoder = load_clip(cfg.clip, workspace, cfg.data.resolution)
+    if image is not None and cfg.encoder.name != "clip":
+        raise UserError(
+            f"generate --image: this run conditions on {cfg.encoder.name!r}, a text-only encoder "
+            "with no image features; give --caption only"
+        )
+    encoder = load_text_encoder(cfg, workspace)
     if image is None:
         grid = sampling.make_grid(g_ema, list(captions), encoder, n, seed)
     else:

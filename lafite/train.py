@@ -92,6 +92,20 @@ def read_pretrained(path: Path) -> dict[str, Any]:
     return saved
 
 
+def check_condition_dim(saved: dict[str, Any], cond_dim: int, source: Path,
+                        encoder: str) -> None:
+    """A checkpoint made in another condition space (another encoder's f_dim) cannot be used."""
+    theirs = saved.get("cond_dim")
+    if theirs is not None and int(theirs) != int(cond_dim):
+        was = RunConfig.from_dict(saved["config"], where=str(source)).encoder.name \
+            if "config" in saved else "?"
+        raise UserError(
+            f"checkpoint {source} was trained with condition dimension {int(theirs)} (encoder "
+            f"{was!r}); this run's encoder {encoder!r} gives dimension {int(cond_dim)}. A model "
+            "conditions on one encoder's features: use a checkpoint of the same encoder"
+        )
+
+
 def load_matching(module: nn.Module, saved: dict[str, Any], name: str, source: Path,
                   load: bool = True) -> None:
     """Load ``saved[name]`` into ``module``, requiring the same tensors with the same shapes
@@ -503,7 +517,7 @@ class _Trainer:
 
     def __init__(self, cfg: RunConfig, run_dir: Path, workspace: Workspace,
                  callbacks: TrainCallbacks, clip: Any | None, init_checkpoint: Path | None,
-                 inference_model: Any | None):
+                 inference_model: Any | None, captions: Path | None = None):
         self.cfg, self.run_dir, self.workspace = cfg, Path(run_dir), workspace
         self.callbacks = callbacks
         self.ctx = ddp.init_distributed(cfg.train.device)
@@ -515,29 +529,42 @@ class _Trainer:
         self.state = _State()
         self._clip_override, self._init_checkpoint = clip, init_checkpoint
         self._inference_model_override = inference_model
+        self._captions = captions
 
     # -- setup ---------------------------------------------------------------------------------
     def _setup(self) -> None:
         from lafite.clip import FeatureCache, load_clip
-        from lafite.data.datasets import open_dataset
+        from lafite.data.datasets import open_dataset, training_captions
         from lafite.model import Discriminator, Generator
         from lafite.perturb import ConditionMaker
 
         cfg, device = self.cfg, self.device
+        from lafite.encoders import load_text_encoder
+
         if self._clip_override is not None:
             self.clip = self._clip_override
-        else:
+        elif cfg.encoder.name == "clip":
             self.clip = load_clip(cfg.clip, self.workspace, cfg.data.resolution, device=device)
+        else:  # a text-only encoder: no image side, hence supervised and without L_ConG
+            self.clip = None
+        # The encoder of the conditions: the CLIP, or the text-only encoder of encoder.name.
+        self.text_encoder = load_text_encoder(cfg, self.workspace, clip=self.clip, device=device)
         self.use_text = cfg.uses_captions
         self.text_features = self.text_offsets = None
 
         def prepare_data() -> None:
-            self.dataset = open_dataset(cfg, "train", self.workspace)
+            # data.captions_job / data.captions_file: the captioner's captions replace the
+            # training split's own (Table 1's captioning baseline).
+            captions = training_captions(cfg, self._captions)
+            self.dataset = open_dataset(cfg, "train", self.workspace, captions=captions)
             cache = FeatureCache(self.workspace)
-            self.image_features = cache.image_features(self.dataset, self.clip, cfg.clip.real_crop)
+            self.image_features = None
+            if self.clip is not None and cfg.encoder.name == "clip":
+                self.image_features = cache.image_features(self.dataset, self.clip,
+                                                           cfg.clip.real_crop)
             if self.use_text:
-                self.text_features, self.text_offsets = cache.text_features(self.dataset,
-                                                                            self.clip)
+                self.text_features, self.text_offsets = cache.text_features(
+                    self.dataset, self.text_encoder)
 
         # Rank 0 materialises the data and fills the feature cache; the others then read them.
         if self.ctx.is_main:
@@ -556,7 +583,12 @@ class _Trainer:
         self.sampler = GlobalBatchSampler(len(self.images), cfg.train.seed)
         self.paired = self._paired_mask(self.n_images)
 
-        self.cond_dim = cfg.model.cond_features or int(self.clip.dim)
+        if self.image_features is None and bool((np.diff(self.text_offsets) == 0).any()):
+            raise UserError(
+                f"encoder {cfg.encoder.name!r} conditions on captions only, but some training "
+                f"images in {self.dataset.root} have none: give every image captions"
+            )
+        self.cond_dim = cfg.model.cond_features or int(self.text_encoder.dim)
         torch.manual_seed(cfg.train.seed)
         G = Generator(cfg.model, cfg.data.resolution, self.cond_dim).to(device)
         D = Discriminator(cfg.model, cfg.data.resolution, self.cond_dim).to(device)
@@ -636,6 +668,7 @@ class _Trainer:
         if not self.checkpoint_path.exists():
             return False
         saved = load_checkpoint(self.checkpoint_path, map_location="cpu")
+        check_condition_dim(saved, self.cond_dim, self.checkpoint_path, self.cfg.encoder.name)
         differences = _config_differences(saved["config"], self.cfg)
         if differences:
             raise UserError(
@@ -688,6 +721,7 @@ class _Trainer:
         if source is None:
             return
         saved = read_pretrained(source)
+        check_condition_dim(saved, self.cond_dim, source, self.cfg.encoder.name)
         r = self.runner
         for name, module in (("G", r.G), ("D", r.D), ("G_ema", r.G_ema)):
             load_matching(module, saved, name, source)
@@ -706,10 +740,14 @@ class _Trainer:
         batch = cfg.train.batch
         indices = self.sampler.take(self.state.step * batch, batch)
         base = (indices % self.n_images).numpy()
-        img_feat = torch.from_numpy(np.ascontiguousarray(self.image_features[base]))
         txt_feat = paired = None
         if self.use_text:
             txt_feat, paired = self._text_batch(base)
+        if self.image_features is not None:
+            img_feat = torch.from_numpy(np.ascontiguousarray(self.image_features[base]))
+        else:  # text-only encoder: every sample is paired, no pseudo feature is ever drawn
+            assert txt_feat is not None
+            img_feat = torch.zeros_like(txt_feat)
         cond = self.condition_maker(img_feat, txt_feat, self.noise, paired).float().to(device)
         images = self.images.batch(self.runner.local(indices)).to(device).float() / 127.5 - 1
         if cfg.train.channels_last:
@@ -749,12 +787,12 @@ class _Trainer:
                 captions.append(texts[0])
             if len(captions) == GRID_SIZE // 2:
                 break
-        if not captions:
+        if not captions and self.clip is not None:
             count = min(len(source), GRID_SIZE // 2)
             feats = self.clip.encode_images(source.images(range(count)))
             return [f"the image features of {source.files[i].name}" for i in range(count)], \
                 feats.to(self.device).float()
-        feats = self.clip.encode_texts(captions).to(self.device).float()
+        feats = self.text_encoder.encode_texts(captions).to(self.device).float()
         return captions, feats
 
     def _sample_grid(self) -> None:
@@ -891,9 +929,16 @@ class _Trainer:
                      "pretrained_from": str(source)}
             save_atomic(state, self.checkpoint_path)
         ddp.barrier(self.ctx)
-        self.clip = (self._clip_override if self._clip_override is not None
-                     else load_clip(cfg.clip, self.workspace, cfg.data.resolution,
-                                    device=self.device))
+        from lafite.encoders import load_text_encoder
+
+        self.clip = self._clip_override
+        if self.clip is None and cfg.encoder.name == "clip":
+            self.clip = load_clip(cfg.clip, self.workspace, cfg.data.resolution,
+                                  device=self.device)
+        self.text_encoder = load_text_encoder(cfg, self.workspace, clip=self.clip,
+                                              device=self.device)
+        check_condition_dim(saved, cfg.model.cond_features or self.text_encoder.dim, source,
+                            cfg.encoder.name)
         self.dataset = None
         self.runner = _Evaluated(G_ema)
         self._sample_grid()
@@ -910,15 +955,17 @@ class _Trainer:
 def train_run(cfg: RunConfig, run_dir: Path, workspace: Workspace,
               callbacks: TrainCallbacks | None = None, *, clip: Any | None = None,
               init_checkpoint: Path | None = None,
-              inference_model: Any | None = None) -> TrainResult:
+              inference_model: Any | None = None,
+              captions: Path | None = None) -> TrainResult:
     """Train ``cfg`` in ``run_dir`` (resuming from ``run_dir/checkpoint.pt`` if present).
 
     ``clip`` is a ready ClipEncoder (tests and notebooks; by default ``cfg.clip`` is loaded),
     ``init_checkpoint`` the pre-trained run for ``train.init_job``, ``inference_model`` the
-    trained Eq. 2 model for ``perturb.kind = "nn"``; the runner resolves the last two from jobs.
+    trained Eq. 2 model for ``perturb.kind = "nn"``, ``captions`` the captions file written by
+    the captioner job ``data.captions_job``; the runner resolves the last three from jobs.
     """
     trainer = _Trainer(cfg, Path(run_dir), workspace, callbacks or TrainCallbacks(), clip,
-                       init_checkpoint, inference_model)
+                       init_checkpoint, inference_model, captions)
     return trainer.run()
 
 

@@ -111,3 +111,34 @@ def test_a_missing_roberta_names_the_path_and_how_to_fetch_it(tmp_path, workspac
         load_text_encoder(cfg, workspace)
     message = str(info.value)
     assert str(tmp_path / "none") in message and "huggingface-cli download" in message
+
+
+def test_supervised_training_on_a_text_only_encoder(workspace, tmp_path, one_torch_thread,
+                                                    monkeypatch):
+    import sys
+    from pathlib import Path
+
+    import lafite.encoders.world_text as wt
+    from lafite.encoders.world_text import WorldTextConfig, pretrain_world_text
+    from lafite.train import TrainCallbacks, load_generator, train_run
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _train_smoke import smoke_config, tiny_clip
+
+    tiny = WorldTextConfig(width=24, layers=1, heads=2, captions_per_domain=50, steps=5,
+                           batch=16, probe_train=60, probe_test=30)
+    monkeypatch.setitem(wt.WORLD_TEXT_ENCODERS, "world-text-small", tiny)
+    pretrain_world_text(workspace, "world-text-small", progress=False, config=tiny)
+    cfg = smoke_config(**{"mode": "supervised", "encoder.name": "world-text-small",
+                          "loss.con_g": False, "train.kimg": 0.008})
+    result = train_run(cfg, tmp_path / "run", workspace, TrainCallbacks())
+    g_ema, saved_cfg = load_generator(result.final_checkpoint)
+    assert saved_cfg.encoder.name == "world-text-small"
+    assert g_ema.mapping is not None
+    saved = torch.load(result.final_checkpoint, map_location="cpu", weights_only=True)
+    assert saved["cond_dim"] == 24  # sized from the encoder, not from a CLIP
+    # Fine-tuning a CLIP-conditioned run from it: both dimensions are named.
+    clip_run = smoke_config(**{"train.init_checkpoint": str(result.final_checkpoint)})
+    with pytest.raises(UserError, match=r"condition dimension 24 \(encoder 'world-text-small'\); "
+                                        r"this run's encoder 'clip' gives dimension 32"):
+        train_run(clip_run, tmp_path / "other", workspace, clip=tiny_clip())

@@ -233,13 +233,16 @@ def evaluate_generator(
     device: str | torch.device | None = None,
     n_samples: int | None = None,
     progress: bool = False,
+    encoder: Any = None,
 ) -> EvaluationResult:
     """Compute every metric ``cfg.eval`` names for ``G_ema``.
 
-    ``clip`` (a ``ClipEncoder``), ``inspector`` and ``datasets`` (``{"train": ..., "test": ...}``
-    of ``ImageTextFolder``-like datasets) are loaded from the workspace when not given; callers
+    ``clip`` (a ``ClipEncoder``), ``encoder`` (the run's condition encoder, ``encoder.*``; the
+    CLIP itself by default), ``inspector`` and ``datasets`` (``{"train": ..., "test": ...}`` of
+    ``ImageTextFolder``-like datasets) are loaded from the workspace when not given; callers
     that hold them already (training) pass them to avoid reloading. ``n_samples`` overrides
-    ``cfg.eval.n_samples``.
+    ``cfg.eval.n_samples``. The CLIP is loaded only where it is used: as the condition encoder,
+    or to score CLIP alignment.
     """
     names = requested_metrics(cfg.eval)
     device = torch.device(device) if device is not None else _module_device(G_ema)
@@ -252,7 +255,8 @@ def evaluate_generator(
         G_ema.eval()
         try:
             return _evaluate(
-                cfg, names, G_ema, workspace, clip, inspector, datasets, device, n_samples, progress
+                cfg, names, G_ema, workspace, clip, inspector, datasets, device, n_samples,
+                progress, encoder,
             )
         finally:
             G_ema.train(was_training)
@@ -279,6 +283,7 @@ def _evaluate(
     device: torch.device,
     n_samples: int | None,
     progress: bool,
+    encoder: Any = None,
 ) -> EvaluationResult:
     ev = cfg.eval
     result = EvaluationResult()
@@ -296,10 +301,20 @@ def _evaluate(
 
         return open_dataset(cfg, split, workspace)
 
-    if clip is None:
-        from lafite.clip import load_clip
+    def get_clip() -> Any:
+        nonlocal clip
+        if clip is None:
+            from lafite.clip import load_clip
 
-        clip = load_clip(cfg.clip, workspace, resolution, device=str(device))
+            clip = load_clip(cfg.clip, workspace, resolution, device=str(device))
+        return clip
+
+    # What turns a test caption into the generator's condition: the run's encoder.
+    if encoder is None:
+        from lafite.encoders import load_text_encoder
+
+        encoder = (get_clip() if cfg.encoder.name == "clip"
+                   else load_text_encoder(cfg, workspace, device=str(device)))
 
     def get_inspector() -> tuple[Any, str | None]:
         nonlocal inspector
@@ -318,7 +333,7 @@ def _evaluate(
     eval_split = get_dataset(EVAL_SPLIT)
     stream = CaptionStream(
         G_ema,
-        clip,
+        encoder,
         EvalCaptions(eval_split, ev.seed),
         device=device,
         truncation_psi=ev.truncation_psi,
@@ -348,7 +363,7 @@ def _evaluate(
     alignment_names = [name for name in names if name in CLIP_SCORED]
     if alignment_names:
         observe, finish = _alignment_observer(
-            cfg, stream, clip, workspace, eval_split, alignment_names, device
+            cfg, stream, get_clip(), workspace, eval_split, alignment_names, device
         )
         observers.append(observe)
         finishers.append(finish)
@@ -381,14 +396,14 @@ def _evaluate(
     # SOA, on images of its own.
     soa_names = [name for name in names if name in SOA_METRICS]
     if soa_names:
-        _soa(cfg, soa_names, G_ema, clip, eval_split, get_inspector, device, n, result)
+        _soa(cfg, soa_names, G_ema, encoder, eval_split, get_inspector, device, n, result)
 
     if DIVERSITY_METRIC in names:
         from lafite.metrics.diversity import diversity
 
         captions, _ = EvalCaptions(eval_split, ev.seed).take(
             min(DIVERSITY_CAPTIONS, len(eval_split)))
-        conditions = clip.encode_texts(captions).to(device, torch.float32)
+        conditions = encoder.encode_texts(captions).to(device, torch.float32)
         spread = diversity(G_ema, conditions, draws=DIVERSITY_DRAWS, seed=ev.seed,
                            truncation_psi=ev.truncation_psi, noise_mode=ev.noise_mode)
         result.metrics[DIVERSITY_METRIC] = spread.z
