@@ -3,7 +3,8 @@
 Some rows cannot start before another piece of training is done: every mini-scale run needs the
 world's CLIP (its condition space) and the world's inspector (its judge); LAFITE_NN rows need the
 inference model of Eq. 2 trained on the CC3M analogue; fine-tuning rows need a pre-trained
-generator. Each such job is defined once in ``experiments/jobs.yaml`` and resolved for the run
+generator; Table 1's captioning baseline needs the captions a captioner wrote for its training
+images. Each such job is defined once in ``experiments/jobs.yaml`` and resolved for the run
 that needs it (its scale, resolution and CLIP), which gives it a configuration hash. The artifact
 lives under ``<workspace>/models/jobs/<name>-<hash>/`` and is built at most once for that hash:
 a file lock makes a second process wait for the first one's build instead of repeating it, and a
@@ -31,7 +32,7 @@ from lafite.errors import ConfigError, UserError
 from lafite.locks import exclusive
 from lafite.workspace import Workspace
 
-KINDS = ("world-clip", "inspector", "inference-model", "generator")
+KINDS = ("world-clip", "inspector", "inference-model", "generator", "captioner")
 _JOB_KEYS = {"kind", "description", "set", "scales", "from", "dataset"}
 
 
@@ -150,6 +151,15 @@ def load_definitions(path: Path | None = None) -> dict[str, JobDefinition]:
         for scale in scales:
             if scale not in SCALES:
                 raise SpecError(f"{where}.scales.{scale}: unknown scale; valid: {', '.join(SCALES)}")
+        if body["kind"] == "captioner":
+            if dataset:
+                raise SpecError(f"{where}.dataset: a captioner captions the training images of "
+                                "the run that needs it; remove 'dataset'")
+            from lafite.captioners import captioner_settings
+
+            for scale in SCALES:
+                captioner_settings({**(body.get("set") or {}), **(scales.get(scale) or {})},
+                                   f"{where} (scale {scale})")
         out[name] = JobDefinition(
             name=name,
             kind=body["kind"],
@@ -170,6 +180,15 @@ _INHERITED = ("scale", "data.resolution", "data.data_root", "clip.name", "clip.p
 # Settings of an inference-model job that go to perturb.train_inference_model; the others are
 # RunConfig overrides naming the paired data it is trained on.
 _INFERENCE_KNOBS = ("steps", "batch", "lr", "seed")
+# What a captioner job does not take from the run's data.* and world.*: how the run uses its
+# captions, not which images it captions.
+_NOT_CAPTIONED = ("data.captions_job", "data.captions_file", "data.paired_fraction",
+                  "data.paired_split", "data.mirror")
+
+
+def _named_jobs(cfg: RunConfig) -> list[str]:
+    """The jobs a run names through its configuration, in build order."""
+    return [j for j in (cfg.perturb.nn_job, cfg.train.init_job, cfg.data.captions_job) if j]
 
 
 def condition_space(cfg: RunConfig) -> dict[str, Any]:
@@ -186,11 +205,12 @@ def condition_space(cfg: RunConfig) -> dict[str, Any]:
 def run_job_hashes(cfg: RunConfig, definitions: dict[str, JobDefinition] | None = None
                    ) -> dict[str, str]:
     """The hashes that extend a run's configuration hash: the jobs it names (perturb.nn_job,
-    train.init_job) and the world CLIP it trains with, so that results made with an older
-    inference model or condition space are never taken for this run's. The inspector is left
-    out: it judges a run, it does not train it (its key is tagged on every run)."""
+    train.init_job, data.captions_job) and the world CLIP it trains with, so that results made
+    with an older inference model, captioner or condition space are never taken for this run's.
+    The inspector is left out: it judges a run, it does not train it (its key is tagged on every
+    run)."""
     hashes: dict[str, str] = {}
-    named = [j for j in (cfg.perturb.nn_job, cfg.train.init_job) if j]
+    named = _named_jobs(cfg)
     if named:
         definitions = definitions if definitions is not None else load_definitions()
         hashes = {j: resolve(j, cfg, definitions).hash for j in named}
@@ -204,7 +224,8 @@ def resolve(name: str, cfg: RunConfig, definitions: dict[str, JobDefinition] | N
     definitions = definitions if definitions is not None else load_definitions()
     if name not in definitions:
         raise UserError(
-            f"unknown job {name!r} (named by perturb.nn_job or train.init_job). "
+            f"unknown job {name!r} (named by perturb.nn_job, train.init_job or "
+            "data.captions_job). "
             f"Jobs in experiments/jobs.yaml: {', '.join(definitions)}"
         )
     definition = definitions[name]
@@ -216,6 +237,15 @@ def resolve(name: str, cfg: RunConfig, definitions: dict[str, JobDefinition] | N
     if definition.kind == "inference-model":
         config_overrides = {k: v for k, v in settings.items() if k not in _INFERENCE_KNOBS}
         settings = {k: v for k, v in settings.items() if k in _INFERENCE_KNOBS}
+    elif definition.kind == "captioner":
+        # A captioner captions the run's training images: it takes the run's data and world
+        # (which images), and its settings are the captioner's own.
+        from lafite.captioners import captioner_settings
+
+        inherited.update({k: v for k, v in flat.items()
+                          if k.startswith(("data.", "world.")) and k not in _NOT_CAPTIONED})
+        config_overrides = {}
+        settings = captioner_settings(settings, where)
     else:
         settings = {}
     start = RunConfig()
@@ -275,9 +305,8 @@ def needed_jobs(cfg: RunConfig, definitions: dict[str, JobDefinition] | None = N
 
         jobs.append(Job("inspector", "inspector", "any", resolution, {}, {},
                         builder_key=inspector_key(resolution)))
-    for name in (cfg.perturb.nn_job, cfg.train.init_job):
-        if name:
-            jobs.append(resolve(name, cfg, definitions))
+    for name in _named_jobs(cfg):
+        jobs.append(resolve(name, cfg, definitions))
     return jobs
 
 
@@ -380,11 +409,21 @@ def _build_generator(job: Job, workspace: Workspace, folder: Path, progress: boo
     return Path(result.final_checkpoint)
 
 
+def _build_captioner(job: Job, workspace: Workspace, folder: Path, progress: bool) -> Path:
+    """A world captioner trained on the web domain; the artifact is the captions file of the
+    needing run's training images (lafite.data.captions format)."""
+    from lafite.captioners import build_captioner
+
+    assert job.config is not None
+    return build_captioner(job.config, job.settings, workspace, folder, progress, name=job.name)
+
+
 BUILDERS: dict[str, Callable[[Job, Workspace, Path, bool], Path]] = {
     "world-clip": _build_world_clip,
     "inspector": _build_inspector,
     "inference-model": _build_inference_model,
     "generator": _build_generator,
+    "captioner": _build_captioner,
 }
 
 __all__ = [

@@ -104,6 +104,12 @@ def describe_plan(full: FullPlan, console: Console, show_configs: bool = True) -
             splits = ("test",) if cfg.eval.reference_split == "test" else ("train", "test")
         for split in splits:
             reads.setdefault(f"{split}: {data_location(cfg, split)}", []).append(who)
+    for run in full.runs:
+        if run.config.data.captions_file or run.config.data.captions_job:
+            from lafite.data.datasets import captions_location
+
+            reads.setdefault(f"train captions: {captions_location(run.config)}", []).append(
+                run.row.name)
     console.print("data it reads (split: where, for whom):")
     for where, who in reads.items():
         names = sorted(set(who))
@@ -120,7 +126,14 @@ def describe_plan(full: FullPlan, console: Console, show_configs: bool = True) -
 def preflight(full: FullPlan, workspace: Workspace) -> None:
     """Check what would otherwise fail half-way, before anything is recorded or trained: real
     datasets must exist (the data layer's UserError names the path and how to get the data),
-    and so must the weights of a real CLIP (open_clip fails fast offline with a UserError)."""
+    and so must the weights of a real CLIP (open_clip fails fast offline with a UserError); a
+    captions file must be complete and valid for the training images (each problem named by
+    file and line), and captioner jobs can only caption the built-in world."""
+    from lafite.captioners import check_world
+
+    for job in full.jobs:
+        if job.kind == "captioner" and job.config is not None:
+            check_world(job.config, job.name)
     # A pre-training job reads its training split only (FFHQ has no test captions to score).
     configs = [(run.config, ("train", "test")) for run in full.runs]
     configs += [(job.config, ("train",)) for job in full.jobs if job.config is not None]
@@ -135,6 +148,12 @@ def preflight(full: FullPlan, workspace: Workspace) -> None:
 
             for split in splits:
                 open_dataset(cfg, split, workspace)
+        captions_key = (key, "captions", cfg.data.captions_file, cfg.data.max_train_images)
+        if cfg.data.captions_file and captions_key not in seen_data:
+            seen_data.add(captions_key)
+            from lafite.data.datasets import check_captions_file
+
+            check_captions_file(cfg, workspace)
         if cfg.train.init_checkpoint:
             _check_init_checkpoint(cfg)
         clip_key = (cfg.clip.name, cfg.clip.pretrained)
@@ -424,6 +443,8 @@ def _train_one(
             extra["inference_model"] = load_inference_model(path)
         elif job.name == cfg.train.init_job and job.kind == "generator":
             extra["init_checkpoint"] = path
+        elif job.name == cfg.data.captions_job and job.kind == "captioner":
+            extra["captions"] = path
 
     callbacks = TrainCallbacks(
         on_metrics=on_metrics,

@@ -957,6 +957,8 @@ class TrialObjective:
                 extra["inference_model"] = load_inference_model(path)
             elif job.name == cfg.train.init_job and job.kind == "generator":
                 extra["init_checkpoint"] = path
+            elif job.name == cfg.data.captions_job and job.kind == "captioner":
+                extra["captions"] = path
 
         callbacks = TrainCallbacks(
             on_metrics=lambda kimg, values: logger.log_metrics(kimg, values),

@@ -7,9 +7,11 @@ with a message naming the path the suite looked at and how to prepare it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from lafite.config import RunConfig
+from lafite.data.captions import FORMAT_HINT, CaptionedFolder
 from lafite.data.folder import ImageTextFolder
 from lafite.data.world import World, materialise
 from lafite.errors import UserError
@@ -99,15 +101,26 @@ def _world(cfg: RunConfig, split: str) -> World:
 
 
 def open_dataset(
-    cfg: RunConfig, split: str, workspace: Workspace, progress: bool = False
-) -> ImageTextFolder:
+    cfg: RunConfig, split: str, workspace: Workspace, progress: bool = False,
+    captions: str | os.PathLike | None = None,
+) -> ImageTextFolder | CaptionedFolder:
     """The image + caption folder of ``split`` for ``cfg.data`` (world: materialised on demand).
 
     ``data.max_train_images`` (the official ``--subset``) limits the training split to the first
-    N images of the sorted file list.
+    N images of the sorted file list. ``captions`` (training split only) is a captions file
+    (lafite.data.captions) whose captions replace the folder's: training passes
+    :func:`training_captions`; everything else (evaluation, reference statistics) reads the
+    folder's own, so it is not asked for here implicitly.
     """
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    if captions is not None and split != "train":
+        raise ValueError("a captions file replaces the training split's captions only")
+    folder = _open_folder(cfg, split, workspace, progress)
+    return CaptionedFolder(folder, captions) if captions is not None else folder
+
+
+def _open_folder(cfg: RunConfig, split: str, workspace: Workspace, progress: bool) -> ImageTextFolder:
     data = cfg.data
     limit = data.max_train_images if split == "train" else 0
     if data.dataset == "world":
@@ -127,6 +140,72 @@ def open_dataset(
             f"{_FOLDER_LAYOUT}; or set data.{split}_path to the folder"
         )
     return ImageTextFolder(path, data.resolution, max_images=limit)
+
+
+def captions_path(cfg: RunConfig) -> Path:
+    """Where ``data.captions_file`` points: an absolute path as given; a relative one from
+    ``<data.data_root>/<data.dataset>/``, else from the folder holding ``data.train_path``, else
+    (the world) from the current directory."""
+    data = cfg.data
+    path = Path(data.captions_file).expanduser()
+    if path.is_absolute():
+        return path
+    if data.dataset == "world":
+        return Path.cwd() / path
+    if data.data_root and data.dataset != "folder":
+        return Path(data.data_root).expanduser() / data.dataset / path
+    if data.train_path:
+        return Path(data.train_path).expanduser().parent / path
+    raise UserError(
+        f"data.captions_file {data.captions_file!r} is relative: it is read from "
+        f"<data.data_root>/{data.dataset}/, so set data.data_root (or give an absolute path)"
+    )
+
+
+def training_captions(cfg: RunConfig, built: str | os.PathLike | None = None) -> Path | None:
+    """The captions file a run trains on, or None for the dataset's own captions.
+
+    ``built`` is the artifact of the run's ``data.captions_job`` (the runner builds the job and
+    passes it); ``data.captions_file`` is resolved by :func:`captions_path`.
+    """
+    if cfg.data.captions_file:
+        return captions_path(cfg)
+    if cfg.data.captions_job:
+        if built is None:
+            raise UserError(
+                f"data.captions_job={cfg.data.captions_job!r} needs the captions its captioner "
+                "writes: run through `lafite-repro run`, which builds that job first, or give a "
+                "captions file with data.captions_file"
+            )
+        return Path(built)
+    return None
+
+
+def check_captions_file(cfg: RunConfig, workspace: Workspace) -> None:
+    """Read and check ``data.captions_file`` against the run's training images (UserError)."""
+    path = captions_path(cfg)
+    if not path.is_file():
+        relative = "" if Path(cfg.data.captions_file).expanduser().is_absolute() else (
+            f", {cfg.data.captions_file!r} read relative to {path.parent}")
+        raise UserError(
+            f"captions file {path} not found (data.captions_file{relative}). Write the "
+            f"captions of the training images there as {FORMAT_HINT}, or set "
+            "data.captions_file to the file's path"
+        )
+    open_dataset(cfg, "train", workspace, captions=path)
+
+
+def captions_location(cfg: RunConfig) -> str:
+    """Where the training captions of ``cfg`` come from, for plans and dry runs."""
+    if cfg.data.captions_file:
+        try:
+            return f"{captions_path(cfg)} (data.captions_file)"
+        except UserError:
+            return (f"<data.data_root>/{cfg.data.dataset}/{cfg.data.captions_file} "
+                    "(data.captions_file; set data.data_root)")
+    if cfg.data.captions_job:
+        return f"written by job {cfg.data.captions_job} (data.captions_job)"
+    return "the dataset's own captions"
 
 
 def data_location(cfg: RunConfig, split: str) -> str:
@@ -162,4 +241,6 @@ def _real_path(cfg: RunConfig, split: str) -> Path:
     return Path(data.data_root).expanduser() / data.dataset / split
 
 
-__all__ = ["DATASET_NAMES", "REAL_DATASETS", "WORLD_ANALOGUES", "dataset_overrides", "VALID_DATASETS", "data_location", "open_dataset", "world_folder"]
+__all__ = ["DATASET_NAMES", "REAL_DATASETS", "WORLD_ANALOGUES", "dataset_overrides", "VALID_DATASETS",
+           "captions_location", "captions_path", "check_captions_file", "data_location",
+           "open_dataset", "training_captions", "world_folder"]

@@ -237,6 +237,12 @@ def _world_words() -> dict[str, dict[str, tuple[str, ...]]]:
     }
 
 
+def attribute_words() -> dict[str, dict[str, tuple[str, ...]]]:
+    """attribute (shape, colour, size, position, background) -> value -> the words naming it in
+    world captions: the vocabulary caption accuracy reads captions with."""
+    return _world_words()
+
+
 @dataclass(frozen=True)
 class CaptionClaims:
     """The attributes of a caption's source image that the caption names.
@@ -437,6 +443,7 @@ __all__ = [
     "Detector",
     "InspectorDetector",
     "SoaResult",
+    "attribute_words",
     "caption_claims",
     "caption_subsets",
     "compute_soa",
