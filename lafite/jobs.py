@@ -32,7 +32,7 @@ from lafite.errors import ConfigError, UserError
 from lafite.locks import exclusive
 from lafite.workspace import Workspace
 
-KINDS = ("world-clip", "inspector", "inference-model", "generator", "captioner")
+KINDS = ("world-clip", "inspector", "inference-model", "generator", "captioner", "world-text")
 _JOB_KEYS = {"kind", "description", "set", "scales", "from", "dataset"}
 
 
@@ -216,6 +216,10 @@ def run_job_hashes(cfg: RunConfig, definitions: dict[str, JobDefinition] | None 
         hashes = {j: resolve(j, cfg, definitions).hash for j in named}
     if cfg.clip.name == "world":
         hashes["world-clip"] = condition_space(cfg)["world_clip"]
+    if cfg.encoder.name.startswith("world-text"):
+        from lafite.encoders.world_text import world_text_key
+
+        hashes[cfg.encoder.name] = world_text_key(cfg.encoder.name)
     return hashes
 
 
@@ -305,6 +309,12 @@ def needed_jobs(cfg: RunConfig, definitions: dict[str, JobDefinition] | None = N
 
         jobs.append(Job("inspector", "inspector", "any", resolution, {}, {},
                         builder_key=inspector_key(resolution)))
+    if cfg.encoder.name.startswith("world-text"):
+        from lafite.encoders.world_text import world_text_key
+
+        # An implicit job like the world CLIP: the text-only encoder of the run's conditions.
+        jobs.append(Job(cfg.encoder.name, "world-text", "any", resolution, {}, {},
+                        builder_key=world_text_key(cfg.encoder.name)))
     for name in _named_jobs(cfg):
         jobs.append(resolve(name, cfg, definitions))
     return jobs
@@ -418,12 +428,19 @@ def _build_captioner(job: Job, workspace: Workspace, folder: Path, progress: boo
     return build_captioner(job.config, job.settings, workspace, folder, progress, name=job.name)
 
 
+def _build_world_text(job: Job, workspace: Workspace, folder: Path, progress: bool) -> Path:
+    from lafite.encoders.world_text import pretrain_world_text
+
+    return pretrain_world_text(workspace, job.name, progress=progress) / "model.pt"
+
+
 BUILDERS: dict[str, Callable[[Job, Workspace, Path, bool], Path]] = {
     "world-clip": _build_world_clip,
     "inspector": _build_inspector,
     "inference-model": _build_inference_model,
     "generator": _build_generator,
     "captioner": _build_captioner,
+    "world-text": _build_world_text,
 }
 
 __all__ = [

@@ -142,3 +142,20 @@ def test_supervised_training_on_a_text_only_encoder(workspace, tmp_path, one_tor
     with pytest.raises(UserError, match=r"condition dimension 24 \(encoder 'world-text-small'\); "
                                         r"this run's encoder 'clip' gives dimension 32"):
         train_run(clip_run, tmp_path / "other", workspace, clip=tiny_clip())
+
+
+def test_world_text_encoders_are_jobs_that_name_their_runs():
+    from lafite import jobs
+    from lafite.encoders.world_text import world_text_key
+
+    cfg = RunConfig().override({"encoder.name": "world-text-large", "mode": "supervised",
+                                "loss.con_g": False, "data.dataset": "world", "clip.name": "world",
+                                "data.resolution": 16, "scale": "smoke"})
+    needed = {job.kind: job for job in jobs.needed_jobs(cfg)}
+    assert needed["world-text"].name == "world-text-large"
+    assert needed["world-text"].builder_key == world_text_key("world-text-large")
+    assert jobs.run_job_hashes(cfg)["world-text-large"] == world_text_key("world-text-large")
+    small = cfg.override({"encoder.name": "world-text-small"})
+    from lafite.spec import run_hash
+
+    assert run_hash(cfg, jobs.run_job_hashes(cfg)) != run_hash(small, jobs.run_job_hashes(small))
