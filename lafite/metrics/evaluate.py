@@ -702,14 +702,20 @@ def _soa(cfg, soa_names, G_ema, clip, eval_split, get_inspector, device, n, resu
         )
         return to_uint8(images)
 
-    soa = compute_soa(
-        subsets,
-        render,
-        detector,
-        images_per_caption=ev.soa_images_per_caption,
-        single_image_classes=single_image_classes,
-        batch_size=ev.batch,
-    )
+    # The synthesis noise (noise_mode "random") draws from torch's global generator, which the
+    # metrics before SOA advance by different amounts (e.g. only the first evaluation computes
+    # the FID reference statistics): seed it here so that SOA depends on the model alone.
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(ev.seed + 3)
+        soa = compute_soa(
+            subsets,
+            render,
+            detector,
+            images_per_caption=ev.soa_images_per_caption,
+            single_image_classes=single_image_classes,
+            batch_size=ev.batch,
+        )
     # Percentages, as Hinz et al. and the paper's tables print them.
     values = {"SOA-C": 100.0 * soa.soa_c, "SOA-I": 100.0 * soa.soa_i}
     for name in soa_names:
