@@ -845,8 +845,13 @@ class FeatureCache:
         self.workspace = workspace
         self.seed = seed
 
-    def folder(self, dataset: ImageTextDataset, encoder: ClipEncoder) -> Path:
-        key = hashlib.sha256(str(dataset.fingerprint()).encode()).hexdigest()[:16]
+    def folder(self, dataset: ImageTextDataset, encoder: ClipEncoder,
+               images_only: bool = False) -> Path:
+        # Image features depend on the pixels alone: a dataset whose captions were replaced
+        # (a captioner's, Table 1) names its images by ``image_fingerprint`` and shares them.
+        fingerprint = (dataset.image_fingerprint() if images_only
+                       and hasattr(dataset, "image_fingerprint") else dataset.fingerprint())
+        key = hashlib.sha256(str(fingerprint).encode()).hexdigest()[:16]
         path = self.workspace.cache_dir / "clip-features" / key / encoder.id
         path.mkdir(parents=True, exist_ok=True)
         return path
@@ -859,7 +864,8 @@ class FeatureCache:
         The official dataset tool's feature: square side in [real_crop * S, S), random offset
         (reference/official-lafite.md section 5.1); ``real_crop >= 1`` uses the whole image.
         """
-        path = self.folder(dataset, encoder) / f"image-crop{real_crop:g}-seed{self.seed}.npy"
+        path = (self.folder(dataset, encoder, images_only=True)
+                / f"image-crop{real_crop:g}-seed{self.seed}.npy")
         n = len(dataset)
         cached = _read_array(path, (n, encoder.dim))
         if cached is not None:

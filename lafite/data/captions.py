@@ -200,6 +200,10 @@ class CaptionedFolder(Dataset):
     def captions(self, index: int) -> list[str]:
         return list(self._captions[index])
 
+    def image_fingerprint(self) -> str:
+        """The images' own fingerprint: their CLIP features do not depend on the captions."""
+        return self.folder.fingerprint()
+
     def fingerprint(self) -> str:
         blob = f"{self.folder.fingerprint()}\ncaptions-file:{self.digest}"
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
