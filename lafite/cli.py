@@ -129,12 +129,13 @@ def show(ctx: click.Context, table: str | None, scale: str | None, study: str | 
     out.print(f"[bold]{spec.id}[/bold]: {spec.title} ({ref})")
     if spec.notes:
         out.print(spec.notes.strip())
-    names = [m.name for m in spec.metrics]
-    grid = Table("row", *(f"{m.label or m.name} {'↑' if m.higher_is_better else '↓'}" for m in spec.metrics),
+    arrows = {True: " ↑", False: " ↓", None: ""}
+    grid = Table("row", *(f"{m.label or m.name}{arrows[m.higher_is_better]}" for m in spec.metrics),
                  title="the paper's numbers, as printed")
     for row in spec.rows:
         label = row.name + (" (reference)" if row.reference else "")
-        grid.add_row(label, *(f"{row.paper[n]:.2f}" if n in row.paper else "-" for n in names))
+        grid.add_row(label, *(f"{row.paper[m.name]:.{2 if m.ranked else 0}f}"
+                              if m.name in row.paper else "-" for m in spec.metrics))
     out.print(grid)
     out.print("scales: " + ", ".join(f"{s} ({spec.scales[s].seeds} seed(s))"
                                      for s in SCALES if s in spec.scales))
@@ -288,28 +289,37 @@ def _print_numbers(title: str, numbers: dict[str, Any]) -> None:
     _out().print(table)
 
 
+_PATCH_SIZE = click.option(
+    "--patch-size", type=click.IntRange(min=0), default=0, show_default=True,
+    help="Patch size (px) of the vision transformer; 0 = the shipped one (clip.world_patch_size; "
+         "8 at 32 px is Table 6's ViT-B/32 analogue).")
+
+
 @clip.command("pretrain")
 @click.option("--resolution", type=click.IntRange(min=8), default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@_PATCH_SIZE
 @click.pass_context
-def clip_pretrain(ctx: click.Context, resolution: int, seed: int) -> None:
+def clip_pretrain(ctx: click.Context, resolution: int, seed: int, patch_size: int) -> None:
     """Train the world's CLIP for RESOLUTION (once; cached) and print its retrieval numbers."""
     from lafite.clip import pretrain_world_clip, world_clip_report
 
     workspace = _workspace(ctx)
-    pretrain_world_clip(workspace, resolution, seed=seed)
-    _print_numbers("world CLIP", world_clip_report(workspace, resolution, seed))
+    pretrain_world_clip(workspace, resolution, seed=seed, patch_size=patch_size)
+    _print_numbers("world CLIP", world_clip_report(workspace, resolution, seed, patch_size=patch_size))
 
 
 @clip.command("eval")
 @click.option("--resolution", type=click.IntRange(min=8), default=32, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@_PATCH_SIZE
 @click.pass_context
-def clip_eval(ctx: click.Context, resolution: int, seed: int) -> None:
+def clip_eval(ctx: click.Context, resolution: int, seed: int, patch_size: int) -> None:
     """Re-measure held-out retrieval and the attribute probe (what its features say about shape, colour, size, position, background) of the trained world CLIP."""
     from lafite.clip import world_clip_report
 
-    _print_numbers("world CLIP", world_clip_report(_workspace(ctx), resolution, seed, recompute=True))
+    _print_numbers("world CLIP", world_clip_report(_workspace(ctx), resolution, seed, recompute=True,
+                                                   patch_size=patch_size))
 
 
 @main.group(cls=_Group)

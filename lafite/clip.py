@@ -220,12 +220,16 @@ def load_clip(
     an open_clip pretrained tag or a local weights file.
     """
     if clip_cfg.name == WORLD_CLIP_NAME:
-        folder = world_clip_dir(workspace, resolution, seed=clip_cfg.world_seed)
+        patch = clip_cfg.world_patch_size
+        folder = world_clip_dir(workspace, resolution, seed=clip_cfg.world_seed,
+                                model_cfg=world_clip_config(resolution, patch))
         if not (folder / WORLD_CLIP_WEIGHTS).is_file():
+            patch_flag = f" --patch-size {patch}" if patch else ""
             raise UserError(
-                f"The world's small CLIP for resolution {resolution} (seed {clip_cfg.world_seed}) "
-                f"is not trained yet (expected {folder / WORLD_CLIP_WEIGHTS}). Run "
-                f"`lafite-repro clip pretrain --resolution {resolution}` first."
+                f"The world's small CLIP for resolution {resolution} (seed {clip_cfg.world_seed}"
+                f"{f', patch size {patch}' if patch else ''}) is not trained yet (expected "
+                f"{folder / WORLD_CLIP_WEIGHTS}). Run `lafite-repro clip pretrain --resolution "
+                f"{resolution}{patch_flag}` first."
             )
         return load_world_clip(folder, device)
     return load_open_clip(clip_cfg.name, clip_cfg.pretrained, device)
@@ -386,8 +390,9 @@ def default_world_clip_training(resolution: int) -> WorldClipTraining:
     return _TRAINING_BY_RESOLUTION.get(int(resolution), WorldClipTraining())
 
 
-def world_clip_config(resolution: int) -> dict[str, Any]:
-    """The open_clip model config shipped for world images of ``resolution`` px."""
+def world_clip_config(resolution: int, patch_size: int = 0) -> dict[str, Any]:
+    """The open_clip model config shipped for world images of ``resolution`` px, with the vision
+    transformer's patches of ``patch_size`` px instead of the shipped size when it is not 0."""
     path = WORLD_CLIP_CONFIG_DIR / f"world-clip-{resolution}.json"
     if not path.is_file():
         sizes = sorted(int(p.stem.rsplit("-", 1)[1]) for p in WORLD_CLIP_CONFIG_DIR.glob("world-clip-*.json"))
@@ -395,7 +400,16 @@ def world_clip_config(resolution: int) -> dict[str, Any]:
             f"No world CLIP config for resolution {resolution}; the world's small CLIP exists for "
             f"resolutions {', '.join(map(str, sizes))} (data.resolution)."
         )
-    return json.loads(path.read_text())
+    config = json.loads(path.read_text())
+    if patch_size:
+        if patch_size < 1 or resolution % patch_size or patch_size == resolution:
+            raise UserError(
+                f"clip.world_patch_size: {patch_size} px patches do not tile {resolution} px "
+                f"images into several tokens; give a divisor of {resolution} below it, or 0 for "
+                f"the shipped {config['vision_cfg']['patch_size']} px."
+            )
+        config["vision_cfg"]["patch_size"] = int(patch_size)
+    return config
 
 
 # Cached: every planned run, and every job resolved in its condition space, asks for the world
@@ -495,6 +509,7 @@ def pretrain_world_clip(
     model_cfg: dict[str, Any] | None = None,
     training: WorldClipTraining | None = None,
     device: str | torch.device = "cpu",
+    patch_size: int = 0,
 ) -> Path:
     """Train the world's small CLIP on the ``web`` train split once; later calls return at once.
 
@@ -510,7 +525,7 @@ def pretrain_world_clip(
     from lafite.data.world import World
 
     training = training or default_world_clip_training(resolution)
-    model_cfg = model_cfg if model_cfg is not None else world_clip_config(resolution)
+    model_cfg = model_cfg if model_cfg is not None else world_clip_config(resolution, patch_size)
     folder = world_clip_dir(workspace, resolution, seed, model_cfg, training)
     if (folder / WORLD_CLIP_WEIGHTS).is_file() and (folder / "meta.json").is_file():
         return folder
@@ -785,6 +800,7 @@ def world_clip_report(
     *,
     model_cfg: dict[str, Any] | None = None,
     training: WorldClipTraining | None = None,
+    patch_size: int = 0,
 ) -> dict[str, Any]:
     """The numbers `lafite-repro clip pretrain` / `clip eval` print for the cached world CLIP.
 
@@ -792,14 +808,17 @@ def world_clip_report(
     1%), the own vs other caption cosines, the attribute probes of scenes and faces, and the
     training time with the load average it was measured at.
     ``recompute`` re-measures retrieval from the saved weights instead of reading ``meta.json``.
-    ``model_cfg`` and ``training`` name a CLIP trained with other than the default settings.
+    ``model_cfg`` and ``training`` name a CLIP trained with other than the default settings,
+    ``patch_size`` one with other patches (clip.world_patch_size).
     """
+    model_cfg = model_cfg if model_cfg is not None else world_clip_config(resolution, patch_size)
     folder = world_clip_dir(workspace, resolution, seed, model_cfg, training)
     meta_file = folder / "meta.json"
     if not meta_file.is_file():
+        patch_flag = f" --patch-size {patch_size}" if patch_size else ""
         raise UserError(
             f"The world's small CLIP for resolution {resolution} is not trained yet ({folder}). "
-            f"Run `lafite-repro clip pretrain --resolution {resolution}`."
+            f"Run `lafite-repro clip pretrain --resolution {resolution}{patch_flag}`."
         )
     meta = json.loads(meta_file.read_text())
     metrics = meta["metrics"]

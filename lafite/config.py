@@ -99,6 +99,10 @@ class ClipConfig:
     real_crop: float = 0.99
     # Training seed of the world's small CLIP (name "world"); each seed is a separate model.
     world_seed: int = 0
+    # Patch size in pixels of the world CLIP's vision transformer; 0 = the shipped config's
+    # (4 px at 32 px, 64 tokens). Coarser patches make a weaker CLIP of the same width, as
+    # ViT-B/32 is to ViT-B/16: Table 6's B/32 analogue at mini and smoke scale uses 8 px.
+    world_patch_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -345,6 +349,12 @@ class RunConfig:
             raise ConfigError(
                 f"{where}: set one of 'data.captions_job' ({self.data.captions_job!r}) and "
                 f"'data.captions_file' ({self.data.captions_file!r}), not both"
+            )
+        if self.clip.world_patch_size and self.clip.name != "world":
+            raise ConfigError(
+                f"{where}: 'clip.world_patch_size' ({self.clip.world_patch_size}) sizes the patches "
+                f"of the world's CLIP, but clip.name is {self.clip.name!r}: remove it (open_clip "
+                "names the patch size in the model, e.g. ViT-B-32 or ViT-B-16)"
             )
         if self.encoder.name != "clip":
             if self.mode != "supervised":

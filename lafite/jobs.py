@@ -176,7 +176,8 @@ def load_definitions(path: Path | None = None) -> dict[str, JobDefinition]:
 # data lives. Everything else comes from the job's own settings, so that rows which differ only
 # in the method (losses, perturbation) share one job.
 _INHERITED = ("scale", "data.resolution", "data.data_root", "clip.name", "clip.pretrained",
-              "clip.real_crop", "clip.world_seed", "world.seed", "train.device", "train.precision")
+              "clip.real_crop", "clip.world_seed", "clip.world_patch_size", "world.seed",
+              "train.device", "train.precision")
 # Settings of an inference-model job that go to perturb.train_inference_model; the others are
 # RunConfig overrides naming the paired data it is trained on.
 _INFERENCE_KNOBS = ("steps", "batch", "lr", "seed")
@@ -196,10 +197,16 @@ def condition_space(cfg: RunConfig) -> dict[str, Any]:
     builder key (its training recipe), since a retrained world CLIP keeps name and tag."""
     space = {"name": cfg.clip.name, "pretrained": cfg.clip.pretrained}
     if cfg.clip.name == "world":
-        from lafite.clip import world_clip_key
-
-        space["world_clip"] = world_clip_key(cfg.data.resolution, cfg.clip.world_seed)
+        space["world_clip"] = _world_clip_key(cfg)
     return space
+
+
+def _world_clip_key(cfg: RunConfig) -> str:
+    from lafite.clip import world_clip_config, world_clip_key
+
+    resolution = cfg.data.resolution
+    return world_clip_key(resolution, cfg.clip.world_seed,
+                          world_clip_config(resolution, cfg.clip.world_patch_size))
 
 
 def run_job_hashes(cfg: RunConfig, definitions: dict[str, JobDefinition] | None = None
@@ -299,11 +306,11 @@ def needed_jobs(cfg: RunConfig, definitions: dict[str, JobDefinition] | None = N
     clip = {"name": cfg.clip.name, "pretrained": cfg.clip.pretrained}
     resolution = cfg.data.resolution
     if cfg.clip.name == "world":
-        from lafite.clip import world_clip_key
-
-        seed = cfg.clip.world_seed
-        jobs.append(Job("world-clip", "world-clip", "any", resolution, {"seed": seed}, clip,
-                        builder_key=world_clip_key(resolution, seed)))
+        settings: dict[str, Any] = {"seed": cfg.clip.world_seed}
+        if cfg.clip.world_patch_size:
+            settings["patch_size"] = cfg.clip.world_patch_size
+        jobs.append(Job("world-clip", "world-clip", "any", resolution, settings, clip,
+                        builder_key=_world_clip_key(cfg)))
     if cfg.eval.extractor == "inspector":
         from lafite.data.inspector import inspector_key
 

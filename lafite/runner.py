@@ -319,9 +319,12 @@ def run_spec(
                     "run the same command again"
                 ) from exc
             console.print(f"  done in {time.perf_counter() - started:.1f} s")
-    job_tags = {}
-    for job in full.jobs:
-        job_tags[f"lafite.job.{job.name}"] = f"{job.hash} {jobs_mod.artifact_path(job, workspace)}"
+
+    def job_tags(run: PlannedRun) -> dict[str, str]:
+        """Which build of each job this run used (two rows may need two builds of one job,
+        e.g. Table 6's two world CLIPs)."""
+        return {f"lafite.job.{job.name}": f"{job.hash} {jobs_mod.artifact_path(job, workspace)}"
+                for job in full.jobs_of_run[run.hash]}
 
     parent_id = tracker.parent_run(spec.id, scale)
     summary.parent_run_id = parent_id
@@ -356,7 +359,7 @@ def run_spec(
                             outcome = RunOutcome(run, "skipped", record.run_id)
                         else:
                             outcome = _train_one(
-                                tracker, run, parent_id, workspace, job_tags,
+                                tracker, run, parent_id, workspace, job_tags(run),
                                 full.jobs_of_run[run.hash],
                                 resume_run_id=record.run_id if record else None,
                                 progress=progress, console=console,

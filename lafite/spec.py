@@ -56,8 +56,13 @@ class SpecError(UserError):
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
-    higher_is_better: bool
+    # None: a property of the run (feature-dim), shown but not ranked.
+    higher_is_better: bool | None
     label: str = ""
+
+    @property
+    def ranked(self) -> bool:
+        return self.higher_is_better is not None
 
 
 @dataclass(frozen=True)
@@ -193,8 +198,8 @@ class PlannedRun:
 # -- metric names ------------------------------------------------------------------------------
 
 
-def known_metrics() -> dict[str, bool]:
-    """Metric name -> higher_is_better, from the metrics package's registry (the one list of
+def known_metrics() -> dict[str, bool | None]:
+    """Metric name -> higher_is_better (None for a property such as feature-dim), from the metrics package's registry (the one list of
     metric names the spec loader, the CLI and the report share)."""
     from lafite.metrics import METRICS
 
@@ -319,15 +324,24 @@ def parse(data: Any, path: Path) -> Spec:
         if not isinstance(entry, dict):
             raise SpecError(f"{name}: {where}: expected a mapping {{name, higher_is_better}}")
         _check_keys(entry, _METRIC_KEYS, name, where)
-        for key in ("name", "higher_is_better"):
-            if key not in entry:
-                raise SpecError(f"{name}: {where}: missing '{key}'")
+        if "name" not in entry:
+            raise SpecError(f"{name}: {where}: missing 'name'")
         if entry["name"] not in registry:
             raise SpecError(
                 f"{name}: {where}: unknown metric {entry['name']!r}. "
                 f"Known metrics: {', '.join(sorted(registry))}"
             )
         expected = registry[entry["name"]]
+        if expected is None:
+            if "higher_is_better" in entry:
+                raise SpecError(
+                    f"{name}: {where}: {entry['name']} is a property of the run, not a score: "
+                    "remove 'higher_is_better'"
+                )
+            metrics.append(MetricSpec(entry["name"], None, entry.get("label", "")))
+            continue
+        if "higher_is_better" not in entry:
+            raise SpecError(f"{name}: {where}: missing 'higher_is_better'")
         if entry["higher_is_better"] != expected:
             raise SpecError(
                 f"{name}: {where}: {entry['name']} has higher_is_better: {expected} "

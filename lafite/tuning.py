@@ -331,6 +331,9 @@ def parse_study(data: Any, path: Path) -> StudyDefinition:
         if not isinstance(metric, str) or metric not in registry:
             raise StudyError(f"{name}: objectives[{i}]: unknown metric {metric!r}. "
                              f"Known metrics: {', '.join(sorted(registry))}")
+        if registry[metric] is None:
+            raise StudyError(f"{name}: objectives[{i}]: {metric} is a property of the run, "
+                             "not a score; name a metric to optimise (e.g. FID-0)")
         objectives.append(Objective(metric, registry[metric]))
     if not 1 <= len(objectives) <= 2 or len({o.metric for o in objectives}) != len(objectives):
         raise StudyError(f"{name}: objectives: give one metric, or two distinct ones "

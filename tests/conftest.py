@@ -32,7 +32,8 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
-    """A models folder holding a tiny world CLIP and a tiny inspector for 16 px.
+    """A models folder holding a tiny world CLIP, a tiny inspector for 16 px and tiny world
+    text encoders.
 
     The real ones take minutes to train and the training under test does not care how good
     they are, so tiny ones are trained here (seconds) and put where the suite looks for the
@@ -47,8 +48,10 @@ def tiny_models(tmp_path_factory) -> Path:
         WORLD_CLIP_WEIGHTS,
         WorldClipTraining,
         pretrain_world_clip,
+        world_clip_config,
         world_clip_dir,
     )
+    from lafite.encoders.world_text import WorldTextConfig, pretrain_world_text, world_text_dir
     from lafite.data.inspector import InspectorConfig, inspector_path, train_inspector
     from lafite.workspace import Workspace
 
@@ -67,13 +70,22 @@ def tiny_models(tmp_path_factory) -> Path:
         scratch, resolution, progress=False, model_cfg=tiny_clip,
         training=WorldClipTraining(n_train=128, steps=5, batch=32, warmup_steps=1, eval_groups=1),
     )
-    real_place = world_clip_dir(target, resolution)
-    real_place.mkdir(parents=True)
-    shutil.copy(built / WORLD_CLIP_WEIGHTS, real_place / WORLD_CLIP_WEIGHTS)
-    shutil.copy(built / "meta.json", real_place / "meta.json")
-    # open_clip registers the model config under its file stem, which names the folder.
-    (config_file,) = [p for p in built.glob("*.json") if p.name != "meta.json"]
-    shutil.copy(config_file, real_place / config_file.name.replace(built.name, real_place.name))
+    # The shipped CLIP and Table 6's coarse-patch one (its ViT-B/32 analogue) alike.
+    for patch_size in (0, 4):
+        real_place = world_clip_dir(target, resolution,
+                                    model_cfg=world_clip_config(resolution, patch_size))
+        real_place.mkdir(parents=True)
+        shutil.copy(built / WORLD_CLIP_WEIGHTS, real_place / WORLD_CLIP_WEIGHTS)
+        shutil.copy(built / "meta.json", real_place / "meta.json")
+        # open_clip registers the model config under its file stem, which names the folder.
+        (config_file,) = [p for p in built.glob("*.json") if p.name != "meta.json"]
+        shutil.copy(config_file, real_place / config_file.name.replace(built.name, real_place.name))
+    # Table 6's text-only encoders, of two widths like the real ones.
+    for name, width in (("world-text-small", 16), ("world-text-large", 24)):
+        tiny_text = WorldTextConfig(width=width, layers=1, heads=2, captions_per_domain=100,
+                                    steps=10, batch=32, probe_train=100, probe_test=50)
+        text_built = pretrain_world_text(scratch, name, progress=False, config=tiny_text)
+        shutil.copytree(text_built, world_text_dir(target, name))
     inspector = train_inspector(
         scratch, resolution, progress=False,
         config=InspectorConfig(width=8, feature_dim=32, steps=20, batch=32, eval_images=32),

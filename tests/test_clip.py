@@ -137,6 +137,19 @@ def test_world_clip_missing_says_how_to_train(workspace):
         lclip.load_clip(ClipConfig(name="world"), workspace, 32)
 
 
+def test_a_coarser_patch_is_another_world_clip(workspace):
+    shipped = lclip.world_clip_config(32)
+    assert lclip.world_clip_config(32, 8)["vision_cfg"]["patch_size"] == 8
+    assert lclip.world_clip_config(32, 8)["vision_cfg"]["width"] == shipped["vision_cfg"]["width"]
+    # The shipped patch size named explicitly is the shipped CLIP; another one is another model.
+    assert lclip.world_clip_key(32, model_cfg=lclip.world_clip_config(32, 4)) == lclip.world_clip_key(32)
+    assert lclip.world_clip_key(32, model_cfg=lclip.world_clip_config(32, 8)) != lclip.world_clip_key(32)
+    with pytest.raises(UserError, match="clip.world_patch_size: 5 px patches do not tile 32 px"):
+        lclip.world_clip_config(32, 5)
+    with pytest.raises(UserError, match="clip pretrain --resolution 32 --patch-size 8"):
+        lclip.load_clip(ClipConfig(name="world", world_patch_size=8), workspace, 32)
+
+
 def test_weights_round_trip_through_open_clip(tmp_path):
     """Saved as safetensors and loaded by open_clip's local-file path: identical features."""
     from safetensors.torch import save_file

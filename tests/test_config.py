@@ -45,3 +45,11 @@ def test_bad_overrides_name_the_field(updates, fragment):
         RunConfig().override(updates, where="experiments/x.yaml, row 'r'")
     assert fragment in str(err.value)
     assert "experiments/x.yaml, row 'r'" in str(err.value)
+
+
+def test_world_patch_size_is_for_the_world_clip_only():
+    from lafite.config import ConfigError, RunConfig
+
+    assert RunConfig().override({"clip.name": "world", "clip.world_patch_size": 8}).checked()
+    with pytest.raises(ConfigError, match="'clip.world_patch_size' \\(8\\).*clip.name is 'ViT-B-32'"):
+        RunConfig().override({"clip.world_patch_size": 8}).checked()

@@ -355,3 +355,25 @@ def test_runs_of_another_configuration_are_counted_not_averaged(workspace, table
     assert table.rows[0].cells["IS"].mean == 1.0 and table.rows[0].cells["IS"].n == 1
     markdown = to_markdown(table)
     assert f"- LAFITE_G: 1 run {OTHER_CONFIGURATION}" in markdown
+
+
+def test_a_property_column_is_shown_but_never_ranked():
+    import pandas as pd
+
+    table6 = spec_mod.find("table6")
+    frame = pd.DataFrame([
+        {"row": "RoBERTa-Base", "seed": 0, "scale": "mini", "run_id": "a",
+         "metrics.feature-dim": 64.0, "metrics.IS": 2.0, "metrics.FID-0": 30.0},
+        {"row": "CLIP(B-16)", "seed": 0, "scale": "mini", "run_id": "b",
+         "metrics.feature-dim": 128.0, "metrics.IS": 3.0, "metrics.FID-0": 20.0},
+    ])
+    table = summarise(table6, frame, "mini")
+    dim = next(c for c in table.columns if c.name == "feature-dim")
+    assert (dim.arrow, dim.digits) == ("", 0)
+    cells = {r.name: r.cells["feature-dim"] for r in table.rows}
+    assert cells["CLIP(B-16)"].mean == 128.0 and cells["RoBERTa-Large"].paper == 1024
+    assert not any(c.our_best or c.paper_best or c.our_rank for c in cells.values())
+    assert {a.metric for a in table.agreements} == {"IS", "FID-0"}
+    markdown = to_markdown(table)
+    assert "| Feature dim paper |" in markdown and "| 1024 |" in markdown and "128 (n=1)" in markdown
+    assert next(r for r in table.rows if r.name == "CLIP(B-16)").cells["FID-0"].our_best

@@ -159,6 +159,12 @@ def test_plan_rejects_unknown_rows_and_scales(tmp_path):
             r"rows\[1\] 'other method': a reference row",
         ),
         (lambda t: t.replace("id: tabletest", "id: other"), r"must equal the file name"),
+        # a property (not a score) has no direction
+        (
+            lambda t: t.replace("name: IS, higher_is_better: true",
+                                "name: feature-dim, higher_is_better: true"),
+            r"metrics\[0\]: feature-dim is a property of the run, not a score: remove 'higher_is_better'",
+        ),
     ],
 )
 def test_validation_errors_name_file_row_and_field(tmp_path, edit, expected):
@@ -350,3 +356,26 @@ def test_extends_merges_base_and_scales_key_by_key(tmp_path):
         "extends: parent", "extends: loop"))
     with pytest.raises(SpecError, match="extends itself"):
         spec_mod.load(tmp_path / "loop.yaml")
+
+
+def test_table6_holds_the_printed_numbers_and_shares_table3s_coco_row():
+    t6, t3 = spec_mod.find("table6"), spec_mod.find("table3")
+    assert [r.name for r in t6.rows] == ["RoBERTa-Base", "RoBERTa-Large", "CLIP(B-32) Text encoder",
+                                         "CLIP(B-16) Text encoder", "CLIP(B-32)", "CLIP(B-16)"]
+    assert t6.row("RoBERTa-Large").paper == {"feature-dim": 1024, "IS": 14.11, "FID-0": 35.77,
+                                             "SOA-C": 7.72, "SOA-I": 16.03}
+    assert t6.row("CLIP(B-16) Text encoder").paper["SOA-I"] == 62.71
+    assert [m.name for m in t6.metrics if not m.ranked] == ["feature-dim"]
+    for scale in ("smoke", "mini", "paper"):
+        coco = t3.resolve(t3.row("LAFITE (MS-COCO)"), scale)
+        assert t6.resolve(t6.row("CLIP(B-16)"), scale).hash() == coco.hash()
+        configs = {r.name: t6.resolve(r, scale) for r in t6.trainable_rows}
+        assert all(c.mode == "supervised" for c in configs.values())
+        assert {n for n, c in configs.items() if c.loss.con_g} == {"CLIP(B-32)", "CLIP(B-16)"}
+    paper = {r.name: t6.resolve(r, "paper") for r in t6.trainable_rows}
+    assert paper["RoBERTa-Base"].encoder.name == "roberta-base"
+    assert paper["CLIP(B-32)"].clip.name == "ViT-B-32" and paper["CLIP(B-16)"].clip.name == "ViT-B-16"
+    mini = {r.name: t6.resolve(r, "mini") for r in t6.trainable_rows}
+    assert mini["RoBERTa-Large"].encoder.name == "world-text-large"
+    assert mini["CLIP(B-32) Text encoder"].clip.world_patch_size == 8
+    assert mini["CLIP(B-16) Text encoder"].clip.world_patch_size == 0

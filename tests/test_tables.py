@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-# The order matters: Table 2 builds the CC3M model, Table 4 and Figure 1 reuse it.
-SPECS = ("table2", "table4", "figure7", "figure1", "table3")
+# The order matters: Table 2 builds the CC3M model, Table 4 and Figure 1 reuse it; Table 6's
+# CLIP(B-16) row is Table 3's LAFITE (MS-COCO) row.
+SPECS = ("table2", "table4", "figure7", "figure1", "table3", "table1", "table6")
 
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
@@ -122,3 +123,62 @@ def test_reports_show_reference_rows_groups_and_curves(tables):
                     if text.strip("│ ").startswith(spec_id))
         finished_smoke = re.findall(r"(\d+)/(\d+)", line)[0]
         assert finished_smoke[0] == finished_smoke[1], line
+
+
+def test_table1_captioner_rows_train_on_their_captions_and_score_fid_k(tables):
+    home, results = tables
+    assert "captioner captioner-large (attributes): on 64 scenes test images" in results["table1"].stderr
+    runs = {r.data.tags["lafite.row"]: r for r in _children(home, "table1")}
+    for name, job in (("Cap-Base", "captioner-base"), ("Cap-Large", "captioner-large")):
+        assert {"FID-1", "FID-2", "FID-4", "FID-8"} <= set(runs[name].data.metrics)
+        job_hash, artifact = runs[name].data.tags[f"lafite.job.{job}"].split(" ", 1)
+        assert Path(artifact).name == "captions.jsonl" and job_hash in artifact
+        assert runs[name].data.params["data.captions_job"] == job
+    lafite_g = runs["LAFITE_G"]
+    assert "FID-1" not in lafite_g.data.metrics  # Table 5's evaluation: as the spec notes say
+    scored = _cli(home, "evaluate", "--run", lafite_g.info.run_id, "--metric", "FID-1")
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    from mlflow.tracking import MlflowClient
+
+    from lafite.tracking import Tracker
+    from lafite.workspace import Workspace
+
+    client = MlflowClient(Tracker(Workspace.resolve(home)).uri)
+    assert "FID-1" in client.get_run(lafite_g.info.run_id).data.metrics
+
+
+def test_table6_sizes_each_run_from_its_encoder_and_shares_table3s_row(tables):
+    from lafite.encoders.world_text import WORLD_TEXT_ENCODERS
+
+    home, _ = tables
+    runs = {r.data.tags["lafite.row"]: r for r in _children(home, "table6")}
+    dims = {name: run.data.metrics["feature-dim"] for name, run in runs.items()}
+    # The tiny encoders of the test workspace (conftest): CLIP 32-d, world text 16-d and 24-d.
+    assert dims["RoBERTa-Base"] == 16 and dims["RoBERTa-Large"] == 24
+    assert {dims[n] for n in dims if n.startswith("CLIP")} == {32}
+    assert WORLD_TEXT_ENCODERS["world-text-small"].width < WORLD_TEXT_ENCODERS["world-text-large"].width
+    for name, run in runs.items():
+        assert (run.data.params["loss.con_g"] == "True") == (name in ("CLIP(B-32)", "CLIP(B-16)"))
+        # The world CLIP scores R-precision of every row; it is the training signal's own
+        # diagnostic only where it made the conditions.
+        diagnostic = "R-precision - training-signal diagnostic" in run.data.metrics
+        assert diagnostic == name.startswith("CLIP"), name
+        assert diagnostic or "R-precision" in run.data.metrics
+    # The two CLIP sizes are two world CLIPs (two builds), each used by both of its rows.
+    clips = {name: run.data.tags["lafite.job.world-clip"] for name, run in runs.items()}
+    assert clips["CLIP(B-32)"] == clips["CLIP(B-32) Text encoder"] != clips["CLIP(B-16)"]
+    assert clips["CLIP(B-16)"] == clips["CLIP(B-16) Text encoder"]
+    (table3_coco,) = [r for r in _children(home, "table3")
+                      if r.data.tags["lafite.row"] == "LAFITE (MS-COCO)"]
+    assert runs["CLIP(B-16)"].data.tags["lafite.config_hash"] == \
+        table3_coco.data.tags["lafite.config_hash"]
+    assert runs["CLIP(B-16)"].data.tags["lafite.final_checkpoint"] == \
+        table3_coco.data.tags["lafite.final_checkpoint"]
+    # The report shows the feature dimensions as data, the paper's without decimals.
+    out = home / "report6"
+    made = _cli(home, "report", "table6", "table1", "--scale", "smoke", "--out", str(out))
+    assert made.returncode == 0, made.stderr[-3000:]
+    page = html.unescape((out / "table6.html").read_text())
+    assert "Feature dim" in page and ">1024<" in page and ">768<" in page and "Feature dim ↑" not in page
+    table1 = html.unescape((out / "table1.html").read_text())
+    assert all(f"FID-{k}" in table1 for k in (0, 1, 2, 4, 8)) and "56.36" in table1

@@ -18,8 +18,14 @@ class MetricInfo:
     """One metric a spec may name."""
 
     name: str
-    higher_is_better: bool
+    # None for a property of the trained model rather than a score (feature-dim): shown next to
+    # the scores, never ranked.
+    higher_is_better: bool | None
     description: str
+
+    @property
+    def ranked(self) -> bool:
+        return self.higher_is_better is not None
 
 
 FID_RADII = (0, 1, 2, 4, 8)
@@ -58,7 +64,16 @@ _INFOS = [
         "mean per-pixel std over noise draws z of images made for one caption ([-1, 1] units; "
         "0 = the generator ignores z); a diagnostic, not a paper metric",
     ),
+    MetricInfo(
+        "feature-dim", None,
+        "f_dim, the size of the condition vector the generator and the discriminator's semantic "
+        "head take (the text encoder's feature dimension, Table 6), read from the trained "
+        "generator; a property, recorded with every evaluation",
+    ),
 ]
+
+# Recorded with every evaluation whatever eval.metrics asks for: it costs nothing.
+FEATURE_DIM = "feature-dim"
 
 METRICS: dict[str, MetricInfo] = {info.name: info for info in _INFOS}
 
@@ -84,13 +99,14 @@ def fid_radius(name: str) -> int | None:
     return int(match.group(1) or 0)
 
 
-def higher_is_better(name: str) -> bool:
+def higher_is_better(name: str) -> bool | None:
     return metric_info(name).higher_is_better
 
 
 __all__ = [
     "CLIP_SCORED",
     "DIAGNOSTIC_LABEL",
+    "FEATURE_DIM",
     "FID_RADII",
     "METRICS",
     "MetricInfo",

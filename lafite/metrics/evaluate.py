@@ -38,6 +38,7 @@ from lafite.errors import UserError
 from lafite.metrics import (
     CLIP_SCORED,
     DIAGNOSTIC_LABEL,
+    FEATURE_DIM,
     METRICS,
     fid_radius,
     metric_info,
@@ -409,6 +410,10 @@ def _evaluate(
         result.metrics[DIVERSITY_METRIC] = spread.z
         result.details["caption-diversity"] = spread.captions
 
+    cond_dim = getattr(G_ema, "cond_dim", None)
+    if cond_dim:
+        result.metrics[FEATURE_DIM] = float(cond_dim)
+
     # Keep the requested order; every requested name ends up in exactly one of the two dicts.
     result.metrics = {name: result.metrics[name] for name in _ordered(names, result.metrics)}
     for name in names:
@@ -572,8 +577,12 @@ def _alignment_observer(cfg, stream, train_clip, workspace, eval_split, names, d
     from lafite.metrics.alignment import AlignmentScore, is_training_clip
 
     ev = cfg.eval
-    diagnostic = is_training_clip(ev.alignment_clip, ev.alignment_clip_pretrained, cfg.clip)
-    if diagnostic:
+    same_clip = is_training_clip(ev.alignment_clip, ev.alignment_clip_pretrained, cfg.clip)
+    # The run's CLIP scores its own training signal only where it made the conditions; under a
+    # text-only encoder (Table 6's RoBERTa rows) it never saw training and is an outside judge,
+    # and the conditions are not in its space: it encodes the captions itself.
+    diagnostic = same_clip and cfg.encoder.name == "clip"
+    if same_clip:
         scorer = train_clip
     else:
         from lafite.clip import load_clip

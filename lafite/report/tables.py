@@ -122,11 +122,20 @@ class MetricColumn:
         return self.spec.name
 
     @property
+    def digits(self) -> int:
+        """Decimals shown: none for a property such as a feature dimension."""
+        return 2 if self.spec.ranked else 0
+
+    @property
     def better(self) -> str:
+        if not self.spec.ranked:
+            return "a property of the run, not ranked"
         return "higher is better" if self.spec.higher_is_better else "lower is better"
 
     @property
     def arrow(self) -> str:
+        if not self.spec.ranked:
+            return ""
         return "↑" if self.spec.higher_is_better else "↓"
 
 
@@ -313,6 +322,8 @@ def _rank(columns: Sequence[MetricColumn], rows: Sequence[RowResult], has_groups
     for r in rows:
         groups.setdefault(r.row.group if has_groups else "", []).append(r)
     for col in columns:
+        if not col.spec.ranked:
+            continue
         sign = 1.0 if col.spec.higher_is_better else -1.0
         for group_name, members in groups.items():
             papers = [(r, r.cells[col.name].paper) for r in members if r.cells[col.name].paper is not None]
@@ -443,19 +454,19 @@ def fmt_signed(value: float | None) -> str:
     return "–" if value is None else ("+" if value > 0 else "") + fmt(value)
 
 
-def fmt_reproduced(cell: Cell) -> str:
+def fmt_reproduced(cell: Cell, digits: int = 2) -> str:
     """``12.34 ± 0.56 (n=3)``; one seed shows no spread."""
     if cell.mean is None:
         return "–"
-    text = fmt(cell.mean)
+    text = fmt(cell.mean, digits)
     if cell.spread is not None:
-        text += f" ± {fmt(cell.spread)}"
+        text += f" ± {fmt(cell.spread, digits)}"
     return f"{text} (n={cell.n})"
 
 
 def metric_heading(col: MetricColumn, scale: str) -> str:
     """Column title: the metric, its direction, and what it is at this scale."""
-    text = f"{col.label} {col.arrow}"
+    text = f"{col.label} {col.arrow}".rstrip()
     if col.percent:
         text += " (%)"
     return text
@@ -465,6 +476,8 @@ def caveat_label(col: MetricColumn, scale: str) -> str:
     """The short tag under a column title: what kind of number the column holds here."""
     if col.diagnostic:
         return DIAGNOSTIC_LABEL
+    if not col.spec.ranked:
+        return "world encoders" if is_world_scale(scale) else ""
     if is_world_scale(scale) and col.name in METRICS:
         return "built-in world only" if "world only" in METRICS[col.name].description else "world analogue"
     return ""
@@ -476,6 +489,10 @@ def metric_caveat(col: MetricColumn, scale: str) -> str:
     if col.diagnostic:
         notes.append(f"{DIAGNOSTIC_LABEL}: scored by the CLIP the generator was trained against, "
                      "so it measures the training signal, not image quality")
+    elif not col.spec.ranked:
+        if is_world_scale(scale):
+            notes.append("the world's encoders are far smaller than the paper's; compare the "
+                         "rows' dimensions with each other, not with the paper's")
     elif is_world_scale(scale) and col.name in METRICS:
         notes.append("built-in world analogue (inspector-based), not the paper's metric")
     return "; ".join(notes)
@@ -512,7 +529,8 @@ def to_markdown(table: TableResult) -> str:
         for col in table.columns:
             c = r.cells[col.name]
             if col.has_paper:
-                cells.append(_mark(fmt(c.paper), c.paper_best) if c.paper is not None else "")
+                cells.append(_mark(fmt(c.paper, col.digits), c.paper_best)
+                             if c.paper is not None else "")
             if r.status == "not run":
                 ours_text = "not run"
             elif r.status == "paper only":
@@ -520,7 +538,7 @@ def to_markdown(table: TableResult) -> str:
             elif c.mean is None:
                 ours_text = "not computed"
             else:
-                ours_text = _mark(fmt_reproduced(c), c.our_best)
+                ours_text = _mark(fmt_reproduced(c, col.digits), c.our_best)
             cells.append(ours_text)
             if col.has_paper and not table.world:
                 cells.append(fmt_signed(c.diff) if c.diff is not None else "")
@@ -546,9 +564,9 @@ def to_markdown(table: TableResult) -> str:
                     if cell is None:
                         cells.append("")
                         continue
-                    paper = fmt(cell.paper) if cell.paper is not None else "–"
-                    ours = "" if m.reference else " / " + (fmt(cell.mean) if cell.mean is not None
-                                                          else "–")
+                    paper = fmt(cell.paper, c.digits) if cell.paper is not None else "–"
+                    ours = "" if m.reference else " / " + (
+                        fmt(cell.mean, c.digits) if cell.mean is not None else "–")
                     cells.append(paper + ours)
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
