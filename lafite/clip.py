@@ -11,18 +11,19 @@ file, so the mini scale exercises the code the paper scale runs.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import math
 import os
+import pickle
+import re
 import socket
 import sys
 import time
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,20 +32,25 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from lafite.atomic import atomic_write
 from lafite.config import ClipConfig
 from lafite.errors import UserError
+from lafite.helper_keys import (
+    _WORLD_CLIP_DATA_SEED,
+    WorldClipTraining,
+    default_world_clip_training,
+    world_clip_config,
+    world_clip_dir,
+    world_clip_key,
+)
 from lafite.workspace import Workspace
 
 WORLD_CLIP_NAME = "world"
-WORLD_CLIP_CONFIG_DIR = Path(__file__).parent / "clip_configs"
 WORLD_CLIP_WEIGHTS = "open_clip_model.safetensors"
 _HF_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-# The world's web split is generated with this world seed whatever the CLIP's training seed:
-# the CLIP is a fixed instrument for all runs, and its held-out test pairs stay the same.
-_WORLD_CLIP_DATA_SEED = 0
 
 log = logging.getLogger(__name__)
 
@@ -266,20 +272,79 @@ def load_open_clip(name: str, pretrained: str, device: str | torch.device = "cpu
     if tag_cfg:
         _check_tag_available(name, pretrained, tag_cfg)
     try:
-        model = open_clip.create_model(
-            name,
-            pretrained=pretrained,
-            device=device,
-            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)) if tag_cfg else False,
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            model = open_clip.create_model(
+                name,
+                pretrained=pretrained,
+                device=device,
+                force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)) if tag_cfg else False,
+            )
     except RuntimeError as err:
         if tag_cfg:
             raise UserError(_missing_weights_message(name, pretrained, tag_cfg, str(err))) from err
-        raise UserError(
-            f"clip.pretrained: could not load weights file '{pretrained}' into open_clip model "
-            f"'{name}': {err}"
-        ) from err
+        raise UserError(_weights_file_message(name, pretrained, err)) from err
+    except _WEIGHTS_FILE_ERRORS as err:
+        if tag_cfg:
+            raise
+        raise UserError(_weights_file_message(name, pretrained, err)) from err
     return ClipEncoder(model, open_clip.get_tokenizer(name), name=_encoder_name(name, pretrained), device=device)
+
+
+# What open_clip raises on a local weights file that is not a state dict: refused by torch's
+# weights-only reader, not a torch or safetensors file, or another object than a dict of tensors.
+_WEIGHTS_FILE_ERRORS = (pickle.UnpicklingError, SafetensorError, EOFError, KeyError,
+                        AttributeError, TypeError, ValueError, IndexError, StopIteration)
+
+
+def _weights_file_message(name: str, path: str, err: BaseException) -> str:
+    """One message for a local clip.pretrained file open_clip could not load: what is wrong
+    with it and what it should hold."""
+    from lafite.checkpoint import read_cause, refused_message, weights_only_refusal
+
+    should = (f"clip.pretrained should name an open_clip or OpenAI CLIP state dict of '{name}' "
+              "(parameter names mapped to tensors) saved as .safetensors, .bin or .pt")
+    refusal = weights_only_refusal(err, path)
+    if refusal is not None:
+        return f"clip.pretrained: {refused_message(repr(path), refusal)}. {should}"
+    text = " ".join(str(err).split())
+    if isinstance(err, RuntimeError) and "Error(s) in loading state_dict" in text:
+        return (f"clip.pretrained: the state dict in '{path}' does not fit open_clip model "
+                f"'{name}' ({_mismatch(text)}). {should}")
+    if isinstance(err, AttributeError | TypeError | ValueError | IndexError | StopIteration):
+        return f"clip.pretrained: '{path}' is not a state dict ({_held(path)}). {should}"
+    return (f"clip.pretrained: '{path}' cannot be read as a weights file ({read_cause(err)}); "
+            f"is it complete, and a safetensors or torch.save file? {should}")
+
+
+def _mismatch(text: str) -> str:
+    """torch's load_state_dict error (every key named) in a few words."""
+    parts = []
+    for label, pattern in (("missing", r"Missing key\(s\) in state_dict: (.*?)\. (?=Unexpected|size|$)"),
+                           ("unexpected", r"Unexpected key\(s\) in state_dict: (.*?)\. (?=size|$)")):
+        found = re.search(pattern, text + " ")
+        if found:
+            keys = re.findall(r'"([^"]+)"', found.group(1))
+            parts.append(f"{len(keys)} {label} parameter(s), e.g. {keys[0]}" if keys else "")
+    shapes = re.findall(r"size mismatch for ([^:]+):", text)
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape, e.g. {shapes[0]}")
+    return "; ".join(p for p in parts if p) or text[:300]
+
+
+def _held(path: str) -> str:
+    """What a torch file that is not a state dict holds, read safely (weights only)."""
+    from lafite.checkpoint import read_weights_only
+
+    try:
+        held = read_weights_only(Path(path), "cpu")
+    except Exception:  # noqa: BLE001 - only a description for a message
+        return "its contents are not a dict of tensors"
+    if isinstance(held, dict) and isinstance(held.get("state_dict"), dict | list):
+        held = held["state_dict"]
+    if isinstance(held, dict):
+        return "it holds an empty dict" if not held else "it holds a dict of other values than tensors"
+    return f"it holds a {type(held).__name__}"
 
 
 def _encoder_name(name: str, pretrained: str) -> str:
@@ -360,102 +425,6 @@ def _missing_weights_message(name: str, pretrained: str, tag_cfg: dict, why: str
 
 
 # -- the world's small CLIP --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WorldClipTraining:
-    """How the world's small CLIP is trained (part of its cache key)."""
-
-    n_train: int = 40000
-    steps: int = 800
-    batch: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 80
-    # Evaluation after training: groups of 100 held-out pairs per domain.
-    eval_groups: int = 10
-
-
-# The 32-px CLIP (the condition space of every mini-scale run) trains three times longer. After
-# 800 steps its loss is already met within a batch of 128 by colour, background and size, and
-# linear probes fitted on its image features and applied to captions read the main object's
-# position 24.4% and shape 18.3% (chance 21% and 17.6%); after 2400 steps, 47.5% and 30.1%, and
-# the full LAFITE_G row at 30 kimg draws the captioned position 53.9% against 18.7% (FID-0 1966
-# against 2465). 16 px (smoke scale, the quickstart) keeps 800 steps: it proves plumbing.
-_TRAINING_BY_RESOLUTION = {32: WorldClipTraining(steps=2400, warmup_steps=240)}
-
-
-def default_world_clip_training(resolution: int) -> WorldClipTraining:
-    """How the world CLIP for ``resolution`` px is trained unless told otherwise."""
-    return _TRAINING_BY_RESOLUTION.get(int(resolution), WorldClipTraining())
-
-
-def world_clip_config(resolution: int, patch_size: int = 0) -> dict[str, Any]:
-    """The open_clip model config shipped for world images of ``resolution`` px, with the vision
-    transformer's patches of ``patch_size`` px instead of the shipped size when it is not 0."""
-    path = WORLD_CLIP_CONFIG_DIR / f"world-clip-{resolution}.json"
-    if not path.is_file():
-        sizes = sorted(int(p.stem.rsplit("-", 1)[1]) for p in WORLD_CLIP_CONFIG_DIR.glob("world-clip-*.json"))
-        raise UserError(
-            f"No world CLIP config for resolution {resolution}; the world's small CLIP exists for "
-            f"resolutions {', '.join(map(str, sizes))} (data.resolution)."
-        )
-    config = json.loads(path.read_text())
-    if patch_size:
-        if patch_size < 1 or resolution % patch_size or patch_size == resolution:
-            raise UserError(
-                f"clip.world_patch_size: {patch_size} px patches do not tile {resolution} px "
-                f"images into several tokens; give a divisor of {resolution} below it, or 0 for "
-                f"the shipped {config['vision_cfg']['patch_size']} px."
-            )
-        config["vision_cfg"]["patch_size"] = int(patch_size)
-    return config
-
-
-# Cached: every planned run, and every job resolved in its condition space, asks for the world
-# CLIP's key, and the world's pixels and captions cannot change within a process.
-@functools.cache
-def _world_fingerprint(resolution: int) -> str:
-    """A content hash of the web domain the CLIP trains on: any change to the world changes it."""
-    from lafite.data import world as world_module
-
-    web = world_module.World("web", "train", resolution=resolution, seed=_WORLD_CLIP_DATA_SEED, size=64)
-    digest = hashlib.sha256(str(getattr(world_module, "WORLD_VERSION", "")).encode())
-    digest.update(web.images(range(64)).tobytes())
-    for i in range(64):
-        digest.update("\n".join(web.captions(i)).encode())
-    return digest.hexdigest()
-
-
-def world_clip_key(
-    resolution: int,
-    seed: int = 0,
-    model_cfg: dict[str, Any] | None = None,
-    training: WorldClipTraining | None = None,
-) -> str:
-    """12 hex digits naming a trained world CLIP: world content, model config, training, seed."""
-    payload = {
-        "world": _world_fingerprint(resolution),
-        "model": model_cfg if model_cfg is not None else world_clip_config(resolution),
-        "training": asdict(training or default_world_clip_training(resolution)),
-        "resolution": resolution,
-        "seed": seed,
-        "open_clip": open_clip.__version__,
-    }
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def world_clip_dir(
-    workspace: Workspace,
-    resolution: int,
-    seed: int = 0,
-    model_cfg: dict[str, Any] | None = None,
-    training: WorldClipTraining | None = None,
-) -> Path:
-    """Where the world CLIP with these settings lives (whether trained or not)."""
-    key = world_clip_key(resolution, seed, model_cfg, training)
-    return workspace.models_dir / "world-clip" / f"r{resolution}-{key}"
 
 
 def _model_name(folder: Path) -> str:
@@ -708,21 +677,58 @@ def linear_probe_accuracy(
     Full-batch Adam on L2-normalised features (CLIP compares directions), fixed steps and seed,
     so the number is reproducible; what it measures is whether a class is linearly readable.
     """
-    generator = torch.Generator().manual_seed(seed)
+    probes = fit_linear_probes(train_x, {"y": (train_y, n_classes)}, steps, seed)
+    return probes.accuracy(test_x, {"y": test_y})["y"]
+
+
+@dataclass
+class LinearProbes:
+    """Several multinomial logistic regressions on the same features, one per label set."""
+
+    weights: dict[str, torch.Tensor]
+    biases: dict[str, torch.Tensor]
+
+    def accuracy(self, test_x: torch.Tensor, test_labels: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        test_x = F.normalize(test_x.float(), dim=1)
+        with torch.no_grad():
+            return {key: float(((10.0 * test_x @ self.weights[key] + self.biases[key]).argmax(dim=1)
+                                == y).float().mean())
+                    for key, y in test_labels.items()}
+
+
+def fit_linear_probes(
+    train_x: torch.Tensor,
+    labels: Mapping[str, tuple[torch.Tensor, int]],
+    steps: int = 300,
+    seed: int = 0,
+) -> LinearProbes:
+    """Fit one probe per label set (``labels[key] = (train_y, n_classes)``) on the same features.
+
+    The probes train together, one matrix product per step, but each is what fitting it alone
+    would give (up to float rounding): the summed loss's gradient for a probe's parameters is its
+    own loss's gradient, Adam is element-wise, and each probe starts from the seeded draw a lone
+    fit starts from.
+    """
     train_x = F.normalize(train_x.float(), dim=1)
-    test_x = F.normalize(test_x.float(), dim=1)
-    weight = (torch.randn(train_x.shape[1], n_classes, generator=generator) * 0.01).requires_grad_()
-    bias = torch.zeros(n_classes, requires_grad=True)
+    keys = list(labels)
+    inits = [torch.randn(train_x.shape[1], labels[k][1], generator=torch.Generator().manual_seed(seed)) * 0.01
+             for k in keys]
+    weight = torch.cat(inits, dim=1).requires_grad_()
+    bias = torch.zeros(weight.shape[1], requires_grad=True)
+    bounds = np.cumsum([0] + [labels[k][1] for k in keys])
     optimiser = torch.optim.Adam([weight, bias], lr=0.05)
     with torch.enable_grad():
         for _ in range(steps):
             optimiser.zero_grad()
             # A temperature of 10 lets unit-norm features reach confident logits.
-            F.cross_entropy(10.0 * train_x @ weight + bias, train_y).backward()
+            logits = 10.0 * train_x @ weight + bias
+            loss = sum(F.cross_entropy(logits[:, bounds[i]:bounds[i + 1]], labels[k][0])
+                       for i, k in enumerate(keys))
+            loss.backward()  # type: ignore[union-attr]
             optimiser.step()
-    with torch.no_grad():
-        predicted = (10.0 * test_x @ weight + bias).argmax(dim=1)
-    return float((predicted == test_y).float().mean())
+    weight, bias = weight.detach(), bias.detach()
+    return LinearProbes({k: weight[:, bounds[i]:bounds[i + 1]] for i, k in enumerate(keys)},
+                        {k: bias[bounds[i]:bounds[i + 1]] for i, k in enumerate(keys)})
 
 
 def attribute_probe(
@@ -759,14 +765,19 @@ def attribute_probe(
     else:
         attributes, labeller = MAIN_ATTRIBUTES, main_attribute_labels
     train_labels, test_labels = labeller(train_truths), labeller(test_truths)
+    wanted = {key: (train_labels[key], len(values)) for key, values in attributes.items()}
+    tests = {key: test_labels[key] for key in attributes}
+    image_probes = fit_linear_probes(train_images, wanted)
+    on_images = image_probes.accuracy(test_images, tests)
+    on_texts = image_probes.accuracy(test_texts, tests)
+    text_probes = fit_linear_probes(train_texts, wanted).accuracy(test_texts, tests)
     out: dict[str, float] = {}
     for key, values in attributes.items():
         name, k = key.replace("_", "-"), len(values)
-        train_y, test_y = train_labels[key], test_labels[key]
-        out[f"image.{name}"] = linear_probe_accuracy(train_images, train_y, test_images, test_y, k)
-        out[f"text.{name}"] = linear_probe_accuracy(train_texts, train_y, test_texts, test_y, k)
-        out[f"image-to-text.{name}"] = linear_probe_accuracy(train_images, train_y, test_texts, test_y, k)
-        out[f"chance.{name}"] = float(torch.bincount(test_y, minlength=k).max()) / len(test_y)
+        out[f"image.{name}"] = on_images[key]
+        out[f"text.{name}"] = text_probes[key]
+        out[f"image-to-text.{name}"] = on_texts[key]
+        out[f"chance.{name}"] = float(torch.bincount(tests[key], minlength=k).max()) / len(tests[key])
     return out
 
 

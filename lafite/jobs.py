@@ -202,7 +202,7 @@ def condition_space(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _world_clip_key(cfg: RunConfig) -> str:
-    from lafite.clip import world_clip_config, world_clip_key
+    from lafite.helper_keys import world_clip_config, world_clip_key
 
     resolution = cfg.data.resolution
     return world_clip_key(resolution, cfg.clip.world_seed,
@@ -224,7 +224,7 @@ def run_job_hashes(cfg: RunConfig, definitions: dict[str, JobDefinition] | None 
     if cfg.clip.name == "world":
         hashes["world-clip"] = condition_space(cfg)["world_clip"]
     if cfg.encoder.name.startswith("world-text"):
-        from lafite.encoders.world_text import world_text_key
+        from lafite.helper_keys import world_text_key
 
         hashes[cfg.encoder.name] = world_text_key(cfg.encoder.name)
     return hashes
@@ -312,12 +312,12 @@ def needed_jobs(cfg: RunConfig, definitions: dict[str, JobDefinition] | None = N
         jobs.append(Job("world-clip", "world-clip", "any", resolution, settings, clip,
                         builder_key=_world_clip_key(cfg)))
     if cfg.eval.extractor == "inspector":
-        from lafite.data.inspector import inspector_key
+        from lafite.helper_keys import inspector_key
 
         jobs.append(Job("inspector", "inspector", "any", resolution, {}, {},
                         builder_key=inspector_key(resolution)))
     if cfg.encoder.name.startswith("world-text"):
-        from lafite.encoders.world_text import world_text_key
+        from lafite.helper_keys import world_text_key
 
         # An implicit job like the world CLIP: the text-only encoder of the run's conditions.
         jobs.append(Job(cfg.encoder.name, "world-text", "any", resolution, {}, {},

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lafite.config import RunConfig
-from lafite.data.captions import FORMAT_HINT, CaptionedFolder
-from lafite.data.folder import ImageTextFolder
 from lafite.data.world import World, materialise
 from lafite.errors import UserError
 from lafite.workspace import Workspace
+
+if TYPE_CHECKING:  # the folders need torch, which planning a table does not import
+    from lafite.data.captions import CaptionedFolder
+    from lafite.data.folder import ImageTextFolder
 
 # Real datasets of the paper: id → how to obtain and prepare it (one line, for error messages).
 REAL_DATASETS = {
@@ -117,10 +120,16 @@ def open_dataset(
     if captions is not None and split != "train":
         raise ValueError("a captions file replaces the training split's captions only")
     folder = _open_folder(cfg, split, workspace, progress)
-    return CaptionedFolder(folder, captions) if captions is not None else folder
+    if captions is None:
+        return folder
+    from lafite.data.captions import CaptionedFolder
+
+    return CaptionedFolder(folder, captions)
 
 
 def _open_folder(cfg: RunConfig, split: str, workspace: Workspace, progress: bool) -> ImageTextFolder:
+    from lafite.data.folder import ImageTextFolder
+
     data = cfg.data
     limit = data.max_train_images if split == "train" else 0
     if data.dataset == "world":
@@ -183,6 +192,8 @@ def training_captions(cfg: RunConfig, built: str | os.PathLike | None = None) ->
 
 def check_captions_file(cfg: RunConfig, workspace: Workspace) -> None:
     """Read and check ``data.captions_file`` against the run's training images (UserError)."""
+    from lafite.data.captions import FORMAT_HINT
+
     path = captions_path(cfg)
     if not path.is_file():
         relative = "" if Path(cfg.data.captions_file).expanduser().is_absolute() else (

@@ -24,8 +24,6 @@ trains, later calls return at once.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import pickle
@@ -58,10 +56,14 @@ from lafite.data.world import (
     WorldObject,
 )
 from lafite.errors import UserError
+from lafite.helper_keys import (
+    INSPECTOR_VERSION,
+    InspectorConfig,
+    default_inspector_config,
+    inspector_key,
+    inspector_path,
+)
 from lafite.workspace import Workspace
-
-# Bump when the network or the training procedure changes in a way the config does not capture.
-INSPECTOR_VERSION = "inspector-v2"  # v2: face heads, is-a-face head, faces in the mixture
 
 _HEADS = (
     ("background", len(BACKGROUNDS)),
@@ -93,40 +95,6 @@ FACE_CLASSES = tuple(
     for accessory in ACCESSORIES
 )
 IS_CLASSES = MAIN_CLASSES + FACE_CLASSES
-
-
-@dataclass(frozen=True)
-class InspectorConfig:
-    """How the inspector is built and trained; every field enters the cache hash."""
-
-    width: int = 32
-    feature_dim: int = 256
-    # 1500 before faces; 1750 gives the object images as many steps as before (a sixth of the
-    # images are faces now): ~2.5 min on one idle core at 16 px.
-    steps: int = 1750
-    batch: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
-    # Training mixture (narratives share the scenes layout, so they need no separate share;
-    # portraits are drawn like faces). 18% of web images are faces too, so about 15% of the
-    # images are faces: they are learnt to ~100% long before the objects, and a larger share
-    # (0.2 here) cost the scenes' secondary-object readings at 16 px (shapes present, exact:
-    # 0.75 -> 0.59).
-    domains: tuple[str, ...] = ("scenes", "objects", "web", "faces")
-    domain_weights: tuple[float, ...] = (0.5, 0.15, 0.25, 0.1)
-    # Augmentation, in units of a 32-px image: max shift in pixels, blur sigma, noise std (in
-    # [-1, 1] units), brightness and per-channel offset ranges.
-    shift_px: float = 1.0
-    blur_prob: float = 0.4
-    blur_sigma: tuple[float, float] = (0.3, 0.9)
-    noise_std: float = 0.04
-    brightness: float = 0.06
-    channel_offset: float = 0.03
-    # Share of each batch that is object-free clutter (white noise, smooth random colour fields):
-    # taught "no object anywhere", so that the presence readings (SOA, caption accuracy) do not
-    # fire on the noise an untrained generator makes. Other readings ignore these images.
-    negative_fraction: float = 0.125
-    eval_images: int = 600
 
 
 @dataclass(frozen=True)
@@ -647,33 +615,6 @@ def clutter_false_positives(
 
 # -- training, caching, loading -----------------------------------------------------------------
 
-
-def inspector_key(
-    resolution: int, seed: int = 0, config: InspectorConfig | None = None
-) -> str:
-    """12 hex digits naming a trained inspector: world and code versions, settings, seed."""
-    config = config or InspectorConfig()
-    blob = json.dumps(
-        {
-            "world": WORLD_VERSION,
-            "inspector": INSPECTOR_VERSION,
-            "resolution": int(resolution),
-            "seed": int(seed),
-            "config": asdict(config),
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def inspector_path(
-    workspace: Workspace, resolution: int, seed: int = 0, config: InspectorConfig | None = None
-) -> Path:
-    config = config or InspectorConfig()
-    key = inspector_key(resolution, seed, config)
-    return workspace.models_dir / f"inspector-r{int(resolution)}-{key}.pt"
-
-
 def train_inspector(
     workspace: Workspace,
     resolution: int,
@@ -684,7 +625,7 @@ def train_inspector(
     device: str = "cpu",
 ) -> Path:
     """Train (or find cached) the inspector for ``resolution``; returns the weights file."""
-    config = config or InspectorConfig()
+    config = config or default_inspector_config(resolution)
     path = inspector_path(workspace, resolution, seed, config)
     if path.exists():
         return path
@@ -833,6 +774,7 @@ __all__ = [
     "InspectorReading",
     "face_attribute_labels",
     "inspector_accuracy",
+    "inspector_key",
     "main_attribute_labels",
     "inspector_path",
     "load_inspector",

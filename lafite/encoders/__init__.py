@@ -27,7 +27,7 @@ def condition_dim(cfg: RunConfig, clip_dim: int | None = None) -> int | None:
     if name in TEXT_ENCODER_DIMS:
         return TEXT_ENCODER_DIMS[name]
     if name.startswith("world-text"):
-        from lafite.encoders.world_text import WORLD_TEXT_ENCODERS
+        from lafite.helper_keys import WORLD_TEXT_ENCODERS
 
         return WORLD_TEXT_ENCODERS[name].width
     return clip_dim

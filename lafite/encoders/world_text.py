@@ -13,12 +13,11 @@ language is small and closed), with [PAD], [UNK], [CLS] and [MASK] in front.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,40 +27,20 @@ from torch import nn
 
 from lafite.atomic import atomic_write
 from lafite.errors import UserError
+from lafite.helper_keys import (
+    TEXT_DOMAINS,
+    WORLD_TEXT_ENCODERS,
+    WorldTextConfig,
+    _config,
+    world_text_dir,
+    world_text_key,
+)
 from lafite.workspace import Workspace
 
 PAD, UNK, CLS, MASK = 0, 1, 2, 3
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[MASK]")
-# The captioned domains whose training captions the encoder reads (never their images).
-TEXT_DOMAINS = ("web", "scenes", "objects", "narratives", "faces")
 _WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*|[^\sa-z0-9]")
 _DATA_SEED = 0
-
-
-@dataclass(frozen=True)
-class WorldTextConfig:
-    """Network and training of one world text encoder (part of its cache key)."""
-
-    width: int = 64
-    layers: int = 2
-    heads: int = 4
-    max_tokens: int = 96
-    captions_per_domain: int = 4000
-    steps: int = 1500
-    batch: int = 128
-    lr: float = 1e-3
-    mask_rate: float = 0.15
-    seed: int = 0
-    # Linear probes after training: scenes train/test captions.
-    probe_train: int = 2000
-    probe_test: int = 500
-
-
-# The two widths, as RoBERTa-Base and RoBERTa-Large differ in width (768 and 1024).
-WORLD_TEXT_ENCODERS = {
-    "world-text-small": WorldTextConfig(width=64),
-    "world-text-large": WorldTextConfig(width=128, heads=4),
-}
 
 
 def words(text: str) -> list[str]:
@@ -163,28 +142,6 @@ def _training_captions(config: WorldTextConfig) -> list[str]:
         for i in range(len(world)):
             captions.extend(world.captions(i))
     return captions
-
-
-def world_text_key(name: str, config: WorldTextConfig | None = None) -> str:
-    """12 hex digits naming a trained encoder: the world's version, network and training."""
-    from lafite.data.world import WORLD_VERSION
-
-    config = config or _config(name)
-    blob = json.dumps({"name": name, "world": WORLD_VERSION, "domains": TEXT_DOMAINS,
-                       "config": asdict(config)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def _config(name: str) -> WorldTextConfig:
-    if name not in WORLD_TEXT_ENCODERS:
-        raise UserError(
-            f"unknown world text encoder {name!r}; known: {', '.join(WORLD_TEXT_ENCODERS)}"
-        )
-    return WORLD_TEXT_ENCODERS[name]
-
-
-def world_text_dir(workspace: Workspace, name: str, config: WorldTextConfig | None = None) -> Path:
-    return workspace.models_dir / "world-text" / f"{name}-{world_text_key(name, config)}"
 
 
 def pretrain_world_text(workspace: Workspace, name: str, progress: bool = True,
