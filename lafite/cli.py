@@ -42,6 +42,14 @@ def _workspace(ctx: click.Context) -> Workspace:
     return ctx.obj["workspace"]
 
 
+def _check_tracking(tracking_uri: str | None) -> None:
+    """Stop in seconds, before any work, when the tracking server named by --tracking-uri or
+    $MLFLOW_TRACKING_URI does not answer (MLflow itself retries for minutes)."""
+    from lafite.tracking import check_server
+
+    check_server(tracking_uri)
+
+
 def _out() -> Console:
     # Pipes and CI logs get a wide fixed width instead of rich's 80 columns.
     return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -171,16 +179,28 @@ def show(ctx: click.Context, table: str | None, scale: str | None, study: str | 
 @click.option("--quiet", "-q", is_flag=True, help="No progress display (CI); one summary line.")
 @click.option("--tracking-uri", metavar="URI", default=None,
               help="MLflow store (default: $MLFLOW_TRACKING_URI or the workspace's sqlite file).")
+@click.option("--verify", is_flag=True,
+              help="Also read each finished run's final checkpoint through and check its sha256 "
+                   "(by default only its presence and size are checked).")
+@click.option("--retrain-damaged", is_flag=True,
+              help="Train finished runs whose final checkpoint is missing or damaged again from "
+                   "scratch (their run folders are moved aside) instead of stopping.")
 @click.pass_context
 def run(ctx: click.Context, table: str, scale: str, rows: tuple[str, ...], seeds: int | None,
-        assignments: tuple[str, ...], dry_run: bool, quiet: bool, tracking_uri: str | None) -> None:
+        assignments: tuple[str, ...], dry_run: bool, quiet: bool, tracking_uri: str | None,
+        verify: bool, retrain_damaged: bool) -> None:
     """Run every row of TABLE at a scale; finished runs are skipped, interrupted ones resumed.
 
-    To resume after an interruption, run the same command again.
+    To resume after an interruption, run the same command again. A finished run whose final
+    checkpoint is missing or damaged stops the command with a list of such runs; restore the
+    files, or add --retrain-damaged.
     """
     from lafite import runner
     from lafite import spec as spec_mod
 
+    if not dry_run:
+        _check_tracking(tracking_uri)
+        _workspace(ctx).check()
     spec = spec_mod.find(table)
     extra = spec_mod.parse_assignments(assignments)
     full = runner.make_plan(spec, scale, seeds, list(rows) or None, extra)
@@ -190,9 +210,9 @@ def run(ctx: click.Context, table: str, scale: str, rows: tuple[str, ...], seeds
         return
     summary = runner.run_spec(
         spec, scale, _workspace(ctx), seeds=seeds, rows=list(rows) or None, extra=extra,
-        tracking_uri=tracking_uri, quiet=quiet,
+        tracking_uri=tracking_uri, quiet=quiet, verify=verify, retrain_damaged=retrain_damaged,
     )
-    counts = {s: summary.count(s) for s in ("trained", "resumed", "skipped", "failed")}
+    counts = {s: summary.count(s) for s in ("trained", "resumed", "retrained", "skipped", "failed")}
     line = f"{spec.id} ({scale}): {len(summary.outcomes)} run(s): " + ", ".join(
         f"{n} {s}" for s, n in counts.items() if n
     )
@@ -230,6 +250,9 @@ def tune(ctx: click.Context, study: str, scale: str, trials: int | None, workers
     """Tune hyper-parameters of a row with Optuna; running it again continues the study."""
     from lafite.tuning import run_study
 
+    if not dry_run:
+        _check_tracking(tracking_uri)
+        _workspace(ctx).check()
     summary = run_study(study, _workspace(ctx), scale=scale, trials=trials, workers=workers,
                         storage=storage, dry_run=dry_run, quiet=quiet, tracking_uri=tracking_uri)
     if not dry_run:
@@ -251,6 +274,7 @@ def report(ctx: click.Context, tables: tuple[str, ...], scale: str | None, out_d
     """Paper-versus-reproduced tables and figures from the finished runs (HTML or Markdown)."""
     from lafite.report import build_report
 
+    _check_tracking(tracking_uri)
     written = build_report(_workspace(ctx), scale=scale, out_dir=Path(out_dir), fmt=fmt,
                            tracking_uri=tracking_uri, specs=list(tables) or None)
     click.echo(str(written[0]))
@@ -265,13 +289,31 @@ def report(ctx: click.Context, tables: tuple[str, ...], scale: str | None, out_d
               help="Interface to listen on; keep 127.0.0.1 unless you mean to share it.")
 @click.pass_context
 def ui(ctx: click.Context, port: int, host: str) -> None:
-    """Start the MLflow UI (mlflow server) on the workspace's store."""
-    from lafite.tracking import serve_command
+    """Start the MLflow UI on the workspace's store; prints its address once it answers."""
+    import subprocess
+
+    from lafite.tracking import serve_command, wait_until_serving
 
     workspace = _workspace(ctx)
-    command = serve_command(workspace, host, port)
-    click.echo(f"MLflow UI for {workspace.root} at http://{host}:{port} (Ctrl-C stops it)", err=True)
-    os.execvp(sys.executable, [sys.executable, "-m", *command])
+    command, env = serve_command(workspace, host, port)
+    url = f"http://{host}:{port}"
+    click.echo(f"starting the MLflow UI for {workspace.root} ...", err=True)
+    server = subprocess.Popen(command, env={**os.environ, **env})
+    try:
+        ready = wait_until_serving(url, server)
+        if ready is None:
+            if server.poll() is None:
+                server.terminate()
+            raise UserError(
+                f"the MLflow UI did not answer at {url} (its server exited with code "
+                f"{server.wait()}; see its messages above). If the port is taken, choose "
+                "another with --port"
+            )
+        click.echo(f"MLflow UI at {url} (answered after {ready:.1f} s; Ctrl-C stops it)", err=True)
+        server.wait()
+    except KeyboardInterrupt:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 # -- clip, world -------------------------------------------------------------------------------
@@ -292,7 +334,7 @@ def _print_numbers(title: str, numbers: dict[str, Any]) -> None:
 _PATCH_SIZE = click.option(
     "--patch-size", type=click.IntRange(min=0), default=0, show_default=True,
     help="Patch size (px) of the vision transformer; 0 = the shipped one (clip.world_patch_size; "
-         "8 at 32 px is Table 6's ViT-B/32 analogue).")
+         "8 is Table 6's ViT-B/16 analogue).")
 
 
 @clip.command("pretrain")
@@ -471,6 +513,8 @@ def evaluate(ctx: click.Context, run_ref: str, metric_names: tuple[str, ...],
 
     for name in metric_names:
         metric_info(name, where="--metric")
+    if not Path(run_ref).exists():  # the scores go to the run in the store
+        _check_tracking(tracking_uri)
     checkpoint = _checkpoint(ctx, run_ref, tracking_uri)
     g_ema, cfg = load_generator(checkpoint)
     if metric_names:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -100,8 +101,8 @@ class ClipConfig:
     # Training seed of the world's small CLIP (name "world"); each seed is a separate model.
     world_seed: int = 0
     # Patch size in pixels of the world CLIP's vision transformer; 0 = the shipped config's
-    # (4 px at 32 px, 64 tokens). Coarser patches make a weaker CLIP of the same width, as
-    # ViT-B/32 is to ViT-B/16: Table 6's B/32 analogue at mini and smoke scale uses 8 px.
+    # (4 px, 64 tokens at 32 px). 8 px makes the second world CLIP of Table 6, which trained
+    # alike is measurably the stronger one at 32 px, so it plays ViT-B/16 there.
     world_patch_size: int = 0
 
 
@@ -334,12 +335,10 @@ class RunConfig:
     def checked(self, where: str = "config") -> RunConfig:
         """This configuration, after the checks that involve several fields (a single field's
         type and range are checked when it is set). Raises ConfigError naming the fields."""
+        # Again here, for a configuration made with dataclasses.replace rather than override.
+        for dotted, value in self.flat().items():
+            _check_range(dotted, value, where)
         p = self.data.paired_fraction
-        if not 0.0 <= p <= 1.0:
-            raise ConfigError(
-                f"{where}: 'data.paired_fraction' must be in [0, 1] (the fraction of training "
-                f"images that keep their captions), got {p}"
-            )
         if p != 1.0 and self.mode != "semi-supervised":
             raise ConfigError(
                 f"{where}: 'data.paired_fraction' is {p} but mode is {self.mode!r}: the pair "
@@ -378,6 +377,24 @@ class RunConfig:
                 f"{where}: mode 'zero-shot' evaluates a pre-trained model without training: name "
                 "it with train.init_job (a generator job of experiments/jobs.yaml) or "
                 "train.init_checkpoint (a checkpoint file)"
+            )
+        if self.data.resolution < _MODEL_MIN_RESOLUTION:
+            raise ConfigError(
+                f"{where}: 'data.resolution' must be at least {_MODEL_MIN_RESOLUTION} for a run, got "
+                f"{self.data.resolution} (the smallest side the generator and discriminator are "
+                "built for)"
+            )
+        if self.model.channel_base < self.data.resolution:
+            raise ConfigError(
+                f"{where}: 'model.channel_base' ({self.model.channel_base}) must be at least "
+                f"data.resolution ({self.data.resolution}): the layers at resolution r get "
+                "channel_base / r feature maps, which would be none at the top resolution"
+            )
+        if "IS" in self.eval.metrics and self.eval.n_samples < self.eval.isc_splits:
+            raise ConfigError(
+                f"{where}: 'eval.n_samples' ({self.eval.n_samples}) must be at least "
+                f"eval.isc_splits ({self.eval.isc_splits}) for IS, which averages over that "
+                "many splits of the generated images: raise n_samples or lower isc_splits"
             )
         return self
 
@@ -456,7 +473,139 @@ def _set(obj: Any, dotted: str, value: Any, where: str, prefix: str = "") -> Any
             sub = _set(sub, key, sub_value, where, f"{prefix}{head}.")
         return replace(obj, **{attr: sub})
     hint = _field_types(type(obj))[attr]
-    return replace(obj, **{attr: _coerce(value, hint, full, where)})
+    coerced = _coerce(value, hint, full, where)
+    _check_range(full, coerced, where)
+    return replace(obj, **{attr: coerced})
+
+
+@dataclass(frozen=True)
+class _Range:
+    """The valid values of one numeric field: ``low`` (excluded if ``open_low``) to ``high``."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    meaning: str = ""  # what the number is, when the bound needs a reason
+
+    def holds(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def describe(self) -> str:
+        low = _number(self.low)
+        if self.high is None:
+            return f"greater than {low}" if self.open_low else f"at least {low}"
+        return f"in {'(' if self.open_low else '['}{low}, {_number(self.high)}]"
+
+
+def _number(value: float | None) -> str:
+    return str(int(value)) if isinstance(value, int) else f"{value:g}"
+
+
+def _at_least(low: float, meaning: str = "") -> _Range:
+    return _Range(low, None, False, meaning)
+
+
+def _positive(meaning: str = "") -> _Range:
+    return _Range(0, None, True, meaning)
+
+
+def _fraction(meaning: str = "") -> _Range:
+    return _Range(0, 1, False, meaning)
+
+
+_SEED = _Range(0, 2**32 - 1, False, "numpy's seeds are unsigned 32-bit")
+# Image sides a dataset can be read at; a run's generator needs at least
+# _MODEL_MIN_RESOLUTION (lafite.model.generator.MIN_RESOLUTION), checked in RunConfig.checked.
+_RESOLUTIONS = (8, 1024)
+_MODEL_MIN_RESOLUTION = 16
+
+# Every int and float field (tests/test_config.py checks that none is missing).
+_RANGES: dict[str, _Range] = {
+    "data.resolution": _Range(*_RESOLUTIONS),
+    "data.max_train_images": _at_least(0, "0 = every training image"),
+    "data.paired_fraction": _fraction("the fraction of training images that keep their captions"),
+    "world.n_train": _at_least(1, "images in the world's training split"),
+    "world.n_test": _at_least(1, "images in the world's test split"),
+    "world.seed": _SEED,
+    "clip.gen_crop_min": _Range(0, 1, True, "the smallest crop side as a fraction of the image; "
+                                            "1 disables cropping"),
+    "clip.real_crop": _Range(0, 1, True, "the crop side as a fraction of the image"),
+    "clip.world_seed": _SEED,
+    "clip.world_patch_size": _at_least(0, "pixels; 0 = the shipped patch size"),
+    "perturb.xi": _at_least(0, "the noise level of Eq. 1"),
+    "perturb.mix": _fraction("the weight of the noise in the convex mix"),
+    "perturb.text_mix": _fraction("the weight of the noise on text features; 0 disables"),
+    "model.z_dim": _at_least(1),
+    "model.w_dim": _at_least(1),
+    "model.mapping_layers": _at_least(1),
+    "model.channel_base": _at_least(1),
+    "model.channel_max": _at_least(1),
+    "model.cond_dim": _at_least(1),
+    "model.cond_lr_mult": _positive("a learning-rate multiplier"),
+    # The discriminator's epilogue always has the minibatch-std channel, so 0 cannot disable it.
+    "model.mbstd_group": _at_least(1, "samples per minibatch standard-deviation group"),
+    "model.cond_features": _at_least(0, "0 = the CLIP's feature dimension"),
+    "loss.tau": _positive("the temperature divides the contrastive logits"),
+    "loss.lambda": _at_least(0, "a loss weight; 0 switches L_ConG off"),
+    "loss.gamma": _at_least(0, "a loss weight; 0 switches L_ConD off"),
+    "loss.direction": _fraction("0 = softmax over images, 1 = over texts"),
+    "loss.r1_gamma": _at_least(0, "a loss weight"),
+    "loss.r1_interval": _at_least(1, "steps between R1 regularisations"),
+    "loss.pl_weight": _at_least(0, "a loss weight; 0 switches it off"),
+    "loss.pl_interval": _at_least(1, "steps between path-length regularisations"),
+    "loss.style_mixing": _fraction("a probability"),
+    "train.batch": _at_least(1, "images per training step"),
+    "train.kimg": _positive("thousands of training images to show"),
+    "train.lr_g": _positive("a learning rate"),
+    "train.lr_d": _positive("a learning rate"),
+    "train.ema_kimg": _at_least(0, "the EMA half-life in thousands of images"),
+    "train.ema_rampup": _at_least(0, "0 disables the ramp-up"),
+    "train.seed": _SEED,
+    "train.checkpoint_kimg": _at_least(0, "0 = a checkpoint at the end only"),
+    "train.eval_kimg": _at_least(0, "0 = an evaluation at the end only"),
+    "train.log_every": _at_least(1, "steps between logged losses"),
+    "eval.n_samples": _at_least(1, "generated images per evaluation"),
+    "eval.fid_k": _Range(0, 8, False, "blur radii in pixels"),
+    "eval.batch": _at_least(1, "images per evaluation batch"),
+    "eval.seed": _SEED,
+    "eval.truncation_psi": _fraction("1 = no truncation, 0 = the average image"),
+    "eval.isc_splits": _at_least(1),
+    "eval.kid_subset_size": _at_least(2, "KID compares subsets of at least 2 images"),
+    "eval.kid_subsets": _at_least(1),
+    "eval.soa_images_per_caption": _at_least(1),
+    "eval.soa_captions_per_class": _at_least(0, "0 = every caption that names the class"),
+    "eval.r_precision_candidates": _at_least(2, "the true caption and at least one other"),
+}
+
+
+def _check_range(dotted: str, value: Any, where: str) -> None:
+    """ConfigError if ``value`` (a number, or a sequence of numbers) is outside the field's range."""
+    bounds = _RANGES.get(dotted)
+    if bounds is None:
+        return
+    for number in value if isinstance(value, list | tuple) else (value,):
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ConfigError(f"{where}: '{dotted}' must be a finite number, got {number}")
+        if dotted == "data.resolution" and (not bounds.holds(number) or number & (number - 1)):
+            raise ConfigError(
+                f"{where}: 'data.resolution' must be a power of two between {_RESOLUTIONS[0]} and "
+                f"{_RESOLUTIONS[1]}, got {number} (the generator doubles the image size per block)"
+            )
+        if not bounds.holds(number):
+            note = f" ({bounds.meaning})" if bounds.meaning else ""
+            raise ConfigError(
+                f"{where}: '{dotted}' must be {bounds.describe()}, got {_number(number)}{note}"
+            )
+        if dotted == "eval.fid_k":
+            from lafite.metrics import FID_RADII
+
+            if number not in FID_RADII:
+                raise ConfigError(
+                    f"{where}: 'eval.fid_k' holds {number}, but FID-k is defined for the blur "
+                    f"radii {', '.join(map(str, FID_RADII))} only"
+                )
 
 
 @cache

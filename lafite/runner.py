@@ -128,27 +128,40 @@ def preflight(full: FullPlan, workspace: Workspace) -> None:
     datasets must exist (the data layer's UserError names the path and how to get the data),
     and so must the weights of a real CLIP (open_clip fails fast offline with a UserError); a
     captions file must be complete and valid for the training images (each problem named by
-    file and line), and captioner jobs can only caption the built-in world."""
+    file and line), and captioner jobs can only caption the built-in world. Last, as the slowest
+    check, every image of a real dataset split that a run or job reads must open, and have a
+    caption where one is needed (:func:`_data_needs`); a passed scan is cached by the folder's
+    fingerprint (names, sizes and mtimes), so an unchanged folder is scanned once."""
     from lafite.captioners import check_world
+    from lafite.data.datasets import open_dataset
 
     for job in full.jobs:
         if job.kind == "captioner" and job.config is not None:
             check_world(job.config, job.name)
     # A pre-training job reads its training split only (FFHQ has no test captions to score).
-    configs = [(run.config, ("train", "test")) for run in full.runs]
-    configs += [(job.config, ("train",)) for job in full.jobs if job.config is not None]
+    configs = [(run.config, ("train", "test"), f"run {run.label}", "") for run in full.runs]
+    configs += [(job.config, ("train",), f"job {job.name}", job.kind) for job in full.jobs
+                if job.config is not None]
+    opened: dict[tuple, Any] = {}
+
+    def folder_of(cfg: RunConfig, split: str) -> Any:
+        data = cfg.data
+        limit = data.max_train_images if split == "train" else 0
+        key = (data.dataset, data.data_root, data.train_path, data.test_path, data.resolution,
+               split, limit)
+        if key not in opened:  # listing a large folder takes a while: once per folder
+            opened[key] = open_dataset(cfg, split, workspace)
+        return opened[key]
+
     seen_data: set[tuple] = set()
     seen_clip: set[tuple] = set()
-    for cfg, splits in configs:
-        key = (cfg.data.dataset, cfg.data.data_root, cfg.data.train_path, cfg.data.test_path,
-               cfg.data.resolution, cfg.world.domain, splits)
-        if cfg.data.dataset != "world" and key not in seen_data:
-            seen_data.add(key)
-            from lafite.data.datasets import open_dataset
-
+    for cfg, splits, _who, _kind in configs:
+        if cfg.data.dataset != "world":
             for split in splits:
-                open_dataset(cfg, split, workspace)
-        captions_key = (key, "captions", cfg.data.captions_file, cfg.data.max_train_images)
+                folder_of(cfg, split)
+        key = (cfg.data.dataset, cfg.data.data_root, cfg.data.train_path, cfg.data.test_path,
+               cfg.data.resolution, cfg.world.domain)
+        captions_key = (key, cfg.data.captions_file, cfg.data.max_train_images)
         if cfg.data.captions_file and captions_key not in seen_data:
             seen_data.add(captions_key)
             from lafite.data.datasets import check_captions_file
@@ -162,6 +175,91 @@ def preflight(full: FullPlan, workspace: Workspace) -> None:
             from lafite.clip import load_clip
 
             load_clip(cfg.clip, workspace, cfg.data.resolution)
+
+    # One scan per folder and file count, with captions if anyone reading it needs them.
+    scans: dict[tuple[str, int], tuple[Any, str]] = {}
+    for cfg, _splits, who, kind in configs:
+        if cfg.data.dataset == "world":
+            continue
+        for split, why in _data_needs(cfg, who, kind):
+            folder = folder_of(cfg, split)
+            slot = (str(folder.root.resolve()), len(folder))
+            scans[slot] = (folder, scans.get(slot, (None, ""))[1] or why)
+    for folder, why in scans.values():
+        _check_folder(folder, why, workspace)
+
+
+# Folders with more images than this show the progress of their scan.
+_PROGRESS_FROM = 2000
+# Bump when the scan checks more, so that earlier passes are not trusted.
+_CHECK_VERSION = 1
+
+
+def _data_needs(cfg: RunConfig, who: str, job_kind: str) -> list[tuple[str, str]]:
+    """The splits ``cfg`` reads, each with who needs its captions and why ("" when nobody).
+
+    Evaluation conditions the generator on test captions, so every run (trained or zero-shot)
+    needs them; training needs the training split's own captions where the mode trains on
+    captions and neither a captions file nor a captioner job replaces them; an inference-model
+    job fits on image-caption pairs; a zero-shot run reads its training split only for the
+    reference statistics, and a job (which is not evaluated) its training split only.
+    """
+    if job_kind == "inference-model":
+        return [("train", f"{who} fits its inference model on image-caption pairs")]
+    replaced = cfg.data.captions_file or cfg.data.captions_job
+    trains_on_captions = cfg.uses_captions and cfg.data.paired_fraction > 0 and not replaced
+    train = ("train", f"{who} trains in mode {cfg.mode}" if trains_on_captions else "")
+    if job_kind:
+        return [train]
+    test = ("test", f"{who} is evaluated on the test split's captions")
+    if cfg.mode == "zero-shot":
+        return [test] + ([("train", "")] if cfg.eval.reference_split == "train" else [])
+    return [train, test]
+
+
+def _check_folder(folder: Any, why: str, workspace: Workspace) -> None:
+    """Scan ``folder`` (ImageTextFolder.check) unless a scan of the same files passed before;
+    record a pass, so that the next run on an unchanged folder skips the scan."""
+    import sys
+
+    from lafite.atomic import atomic_write
+
+    need_captions = bool(why)
+    fingerprint = folder.files_fingerprint()
+    cache = workspace.cache_dir / "data-checks"
+    with_captions = cache / f"{fingerprint}-v{_CHECK_VERSION}-captions.ok"
+    images_only = cache / f"{fingerprint}-v{_CHECK_VERSION}-images.ok"
+    if with_captions.exists() or (not need_captions and images_only.exists()):
+        return
+    total = len(folder)
+    if total <= _PROGRESS_FROM:
+        folder.check(need_captions, why)
+    else:
+        console = Console(stderr=True)
+        if console.is_terminal:
+            progress = Progress(
+                TextColumn("{task.description}"), BarColumn(),
+                TextColumn("{task.completed}/{task.total} images"), TimeElapsedColumn(),
+                console=console, transient=True,
+            )
+            with progress:
+                task = progress.add_task(f"checking {folder.root}", total=total)
+                folder.check(need_captions, why, advance=lambda n: progress.advance(task, n))
+        else:  # logs of batch jobs: a plain line every half minute instead of a bar
+            state = {"done": 0, "shown": time.monotonic()}
+
+            def advance(n: int) -> None:
+                state["done"] += n
+                if time.monotonic() - state["shown"] >= 30:
+                    state["shown"] = time.monotonic()
+                    print(f"checking {folder.root}: {state['done']}/{total} images",
+                          file=sys.stderr, flush=True)
+
+            print(f"checking {total} images in {folder.root} ...", file=sys.stderr, flush=True)
+            folder.check(need_captions, why, advance=advance)
+    record = f"{folder.root}\n{total} images passed, captions checked: {need_captions}\n"
+    atomic_write(with_captions if need_captions else images_only,
+                 lambda handle: handle.write(record.encode()))
 
 
 def _check_init_checkpoint(cfg: Any) -> None:
@@ -257,7 +355,7 @@ class RunLock:
 @dataclass
 class RunOutcome:
     run: PlannedRun
-    status: str  # "trained", "resumed", "skipped", "failed"
+    status: str  # "trained", "resumed", "retrained" (was damaged), "skipped", "failed"
     run_id: str = ""
     seconds: float = 0.0
     error: str = ""
@@ -290,8 +388,16 @@ def run_spec(
     quiet: bool = False,
     console: Console | None = None,
     poll_seconds: float = 2.0,
+    verify: bool = False,
+    retrain_damaged: bool = False,
 ) -> Summary:
-    """Train every planned run of ``spec`` at ``scale`` that is not finished yet."""
+    """Train every planned run of ``spec`` at ``scale`` that is not finished yet.
+
+    A finished run whose final checkpoint is damaged (see :func:`find_damaged`; ``verify``
+    also reads each file through) stops the command with a :class:`UserError` naming each such
+    run, unless ``retrain_damaged``: then its run folder is moved aside, its MLflow run marked
+    damaged, and it is trained again from scratch under a new MLflow run.
+    """
     from lafite.tracking import FAILED, FINISHED, KILLED, Tracker
 
     console = console or Console(stderr=True, quiet=quiet)
@@ -300,6 +406,12 @@ def run_spec(
     tracker = Tracker(workspace, tracking_uri)
     tracker.check()
     summary = Summary(spec.id, scale)
+    damaged = {d.run_id: d for d in find_damaged(full, tracker, workspace, verify)}
+    if damaged and not retrain_damaged:
+        raise UserError(damaged_message(full, list(damaged.values())))
+    for d in damaged.values():
+        console.print(f"{d.run.label}: final checkpoint {d.path} {d.problem}; training it again "
+                      "from scratch", markup=False)
 
     for job in full.jobs:
         if jobs_mod.artifact_path(job, workspace) is None:
@@ -343,7 +455,8 @@ def run_spec(
                 advanced = False
                 for run in list(pending):
                     record = tracker.find_child(spec.id, run.hash)
-                    if record is not None and record.status == FINISHED:
+                    if (record is not None and record.status == FINISHED
+                            and record.run_id not in damaged):
                         summary.outcomes.append(RunOutcome(run, "skipped", record.run_id))
                         pending.remove(run)
                         progress.advance(overall)
@@ -355,6 +468,11 @@ def run_spec(
                     try:
                         # Another process may have finished it between our lookup and the lock.
                         record = tracker.find_child(spec.id, run.hash)
+                        retrain = (record is not None and record.status == FINISHED
+                                   and record.run_id in damaged)
+                        if retrain:
+                            _set_aside(tracker, damaged[record.run_id], workspace, console)
+                            record = None
                         if record is not None and record.status == FINISHED:
                             outcome = RunOutcome(run, "skipped", record.run_id)
                         else:
@@ -365,6 +483,8 @@ def run_spec(
                                 progress=progress, console=console,
                                 statuses=(FINISHED, FAILED, KILLED),
                             )
+                            if retrain and outcome.status == "trained":
+                                outcome.status = "retrained"
                     finally:
                         lock.release()
                     summary.outcomes.append(outcome)
@@ -406,7 +526,13 @@ def _train_one(
     statuses: tuple[str, str, str],
 ) -> RunOutcome:
     """Train (or resume) one run under its MLflow child run."""
-    from lafite.tracking import TAG_CHECKPOINT, TAG_RUN_DIR
+    from lafite.checkpoint import file_fingerprint
+    from lafite.tracking import (
+        TAG_CHECKPOINT,
+        TAG_CHECKPOINT_SHA256,
+        TAG_CHECKPOINT_SIZE,
+        TAG_RUN_DIR,
+    )
     from lafite.train import TrainCallbacks, train_run
 
     finished, failed, killed = statuses
@@ -479,11 +605,83 @@ def _train_one(
     finally:
         progress.remove_task(task)
     checkpoint = str(Path(result.final_checkpoint).resolve())
-    logger.set_tags({TAG_CHECKPOINT: checkpoint})
+    # Recorded so that a later `run` can tell a damaged checkpoint from a finished one.
+    size, sha256 = file_fingerprint(Path(checkpoint))
+    logger.set_tags({TAG_CHECKPOINT: checkpoint, TAG_CHECKPOINT_SIZE: str(size),
+                     TAG_CHECKPOINT_SHA256: sha256})
     logger.log_text(checkpoint + "\n", "final_checkpoint.txt")
     logger.close(finished)
     status = "resumed" if resume_run_id else "trained"
     return RunOutcome(run, status, logger.run_id, time.perf_counter() - started)
+
+
+# -- damaged artefacts of finished runs ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """A finished run whose final checkpoint cannot be used (missing, truncated, changed)."""
+
+    run: PlannedRun
+    run_id: str
+    path: Path
+    problem: str
+
+
+def find_damaged(full: FullPlan, tracker: Any, workspace: Workspace,
+                 verify: bool = False) -> list[Damaged]:
+    """The planned runs recorded as finished whose final checkpoint is damaged.
+
+    Cheap by default (existence, recorded size, the zip directory at the file's end); with
+    ``verify`` each file is read through (sha256, or the zip CRCs for runs recorded before the
+    checksum was). Runs recorded before sizes were are trusted unless missing, empty or not a
+    zip archive.
+    """
+    from lafite.checkpoint import CHECKPOINT_NAME, checkpoint_problem
+    from lafite.tracking import FINISHED
+
+    found = []
+    for run in full.runs:
+        record = tracker.find_child(full.spec.id, run.hash)
+        if record is None or record.status != FINISHED:
+            continue
+        path = Path(record.final_checkpoint or workspace.runs_dir / run.hash / CHECKPOINT_NAME)
+        problem = checkpoint_problem(path, record.checkpoint_size,
+                                     record.checkpoint_sha256 or None, verify=verify)
+        if problem is not None:
+            found.append(Damaged(run, record.run_id, path, problem))
+    return found
+
+
+def damaged_message(full: FullPlan, damaged: list[Damaged]) -> str:
+    lines = "\n".join(f"  {d.run.row.name} seed {d.run.seed} (MLflow run {d.run_id}): {d.path} "
+                      f"{d.problem}" for d in damaged)
+    # A store shared by machines that do not share the workspace: the file is elsewhere.
+    elsewhere = (" If a missing file was written on another machine that shares this MLflow "
+                 "store but not this workspace, run the command there instead."
+                 if any(d.problem == "is missing" for d in damaged) else "")
+    return (
+        f"{full.spec.id} ({full.scale}): the final checkpoint of {len(damaged)} finished run(s) is "
+        f"damaged, so `lafite-repro evaluate` and `generate` cannot use them:\n{lines}\n"
+        "Restore the file(s) from a backup and run the same command again, or add "
+        "--retrain-damaged to train these runs again from scratch (each run folder is moved "
+        "aside, not deleted, and the old MLflow run is marked FAILED with the tag "
+        f"lafite.damaged).{elsewhere}"
+    )
+
+
+def _set_aside(tracker: Any, damaged: Damaged, workspace: Workspace, console: Console) -> None:
+    """Move a damaged run's folder aside and retire its MLflow run, so that it trains anew."""
+    run_dir = workspace.runs_dir / damaged.run.hash
+    aside = None
+    if run_dir.exists():
+        aside = run_dir.with_name(f"{run_dir.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(run_dir, aside)
+        console.print(f"{damaged.run.label}: moved {run_dir} to {aside} (delete it once you no "
+                      "longer need it)", markup=False)
+    where = f"; its run folder was moved to {aside}" if aside else ""
+    tracker.mark_damaged(damaged.run_id, f"final checkpoint {damaged.path} {damaged.problem}"
+                                         f"{where}; retrained under a new MLflow run")
 
 
 EVALUATION_KEY = "_evaluation"
@@ -513,11 +711,14 @@ def print_summary(summary: Summary, console: Console) -> None:
 
 
 __all__ = [
+    "Damaged",
     "FullPlan",
     "RunLock",
     "RunOutcome",
     "Summary",
+    "damaged_message",
     "describe_plan",
+    "find_damaged",
     "make_evaluator",
     "make_plan",
     "preflight",

@@ -19,13 +19,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import http.client
 import logging
+import math
 import os
 import platform
 import queue
+import ssl
 import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -52,6 +58,9 @@ TAG_HASH = "lafite.config_hash"
 TAG_GIT = "lafite.git_commit"
 TAG_HARDWARE = "lafite.hardware"
 TAG_CHECKPOINT = "lafite.final_checkpoint"
+TAG_CHECKPOINT_SIZE = "lafite.final_checkpoint.size"
+TAG_CHECKPOINT_SHA256 = "lafite.final_checkpoint.sha256"
+TAG_DAMAGED = "lafite.damaged"
 TAG_RUN_DIR = "lafite.run_dir"
 TAG_PARENT = "mlflow.parentRunId"
 
@@ -72,6 +81,54 @@ def default_uri(workspace: Workspace, tracking_uri: str | None = None) -> str:
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace.mlflow_db}"
 
 
+# MLflow's own client retries an unreachable server for minutes (backoff) before it fails, so
+# a tracking server is asked once, with this timeout, before anything uses it.
+SERVER_PROBE_SECONDS = 5.0
+_servers_reached: set[str] = set()
+
+
+def check_server(tracking_uri: str | None = None, timeout: float = SERVER_PROBE_SECONDS) -> None:
+    """UserError unless the http(s) tracking server named by ``tracking_uri`` (else
+    ``$MLFLOW_TRACKING_URI``) answers within ``timeout`` seconds; other stores pass."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if not uri.startswith(("http://", "https://")) or uri in _servers_reached:
+        return
+    source = "--tracking-uri" if tracking_uri else "$MLFLOW_TRACKING_URI"
+    drop = ("drop --tracking-uri" if tracking_uri else "unset MLFLOW_TRACKING_URI")
+    fix = (f"Start the MLflow server at that address (`lafite-repro ui` serves the workspace's "
+           f"store), correct {source}, or {drop} to record in the workspace's own store")
+    probe = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        with urllib.request.urlopen(probe, timeout=timeout):
+            pass
+    except urllib.error.HTTPError as exc:
+        # An answer, even 401/403 (MLflow sends credentials this probe has not), is a server.
+        if exc.code == 404:
+            raise UserError(f"{source} {uri!r} answers, but is not an MLflow tracking server "
+                            f"({probe} gave HTTP 404). {fix}.") from None
+        if exc.code >= 500:
+            raise UserError(f"the MLflow tracking server {uri!r} ({source}) fails: HTTP "
+                            f"{exc.code} {exc.reason}. Check its log, or {drop} to record in "
+                            "the workspace's own store.") from None
+    except urllib.error.URLError as exc:
+        if not isinstance(exc.reason, ssl.SSLError):  # TLS settings are MLflow's to apply
+            raise UserError(f"cannot reach the MLflow tracking server {uri!r} ({source}): "
+                            f"{_reason(exc.reason)}. {fix}.") from None
+    except http.client.HTTPException as exc:
+        raise UserError(f"{source} {uri!r} answers, but not as an HTTP server "
+                        f"({type(exc).__name__}). {fix}.") from None
+    except (OSError, ValueError) as exc:  # a timeout while reading, a malformed address
+        raise UserError(f"cannot reach the MLflow tracking server {uri!r} ({source}): "
+                        f"{_reason(exc)}. {fix}.") from None
+    _servers_reached.add(uri)
+
+
+def _reason(exc: object) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer within the timeout"
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
 @dataclass(frozen=True)
 class RunRecord:
     """What the store knows about one child run."""
@@ -81,6 +138,9 @@ class RunRecord:
     config_hash: str
     row: str
     seed: int
+    final_checkpoint: str = ""
+    checkpoint_size: int | None = None  # None: finished before sizes were recorded
+    checkpoint_sha256: str = ""
 
 
 class Tracker:
@@ -88,6 +148,7 @@ class Tracker:
 
     def __init__(self, workspace: Workspace, tracking_uri: str | None = None) -> None:
         self.workspace = workspace
+        check_server(tracking_uri)
         self.uri = default_uri(workspace, tracking_uri)
         # A new sqlite store announces its schema migrations at INFO on stderr: noise in every
         # first `run` of a workspace, so only warnings pass.
@@ -204,6 +265,8 @@ class Tracker:
         if exp_id is None:
             return None
         runs = self._search(exp_id, f"tags.`{TAG_HASH}` = '{config_hash}'")
+        # A run whose artefacts were found damaged has been replaced by a fresh one.
+        runs = [r for r in runs if TAG_DAMAGED not in r.data.tags]
         if not runs:
             return None
         finished = [r for r in runs if r.info.status == FINISHED]
@@ -270,7 +333,8 @@ class Tracker:
 
         Columns: ``run_id``, ``row``, ``seed``, ``scale``, ``config_hash``, ``status``,
         ``final_checkpoint``, ``start_time``, ``end_time`` (ms since the epoch), ``metrics.<name>``
-        (last values), ``params.<key>`` and ``tags.<key>`` (provenance, hardware, reasons).
+        (last values), ``nan.<name>`` (True where that last value is NaN), ``params.<key>`` and
+        ``tags.<key>`` (provenance, hardware, reasons).
         """
         columns = ["run_id", "row", "seed", "scale", "config_hash", "status"]
         exp_id = self.experiment_id(spec_id, create=False)
@@ -284,6 +348,8 @@ class Tracker:
         records = []
         for run in self._search(exp_id, query):
             tags = run.data.tags
+            if TAG_DAMAGED in tags:  # replaced by a retrained run: neither a result nor news
+                continue
             entry: dict[str, Any] = {
                 "run_id": run.info.run_id,
                 "row": tags.get(TAG_ROW, ""),
@@ -296,6 +362,8 @@ class Tracker:
                 "end_time": run.info.end_time,
             }
             entry.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+            # Logged as NaN (a failed measurement) and never logged read the same in a frame.
+            entry.update({f"nan.{k}": True for k, v in run.data.metrics.items() if math.isnan(v)})
             entry.update({f"params.{k}": v for k, v in run.data.params.items()})
             entry.update({f"tags.{k}": v for k, v in tags.items()})
             records.append(entry)
@@ -337,6 +405,12 @@ class Tracker:
             f"evaluation/cli_kimg_{kimg:010.3f}_{now}.json",
         )
 
+    def mark_damaged(self, run_id: str, problem: str) -> None:
+        """Retire a finished run whose artefacts are damaged: tagged with what is wrong and
+        marked FAILED, so that nothing takes it for a result or for the run of its hash."""
+        self.client.set_tag(run_id, TAG_DAMAGED, problem[:5000])
+        self.client.update_run(run_id, status=FAILED)
+
     def run_checkpoint(self, run_ref: str) -> Path:
         """The final checkpoint of a run named by its MLflow run id."""
         try:
@@ -346,20 +420,43 @@ class Tracker:
                 f"--run {run_ref!r}: no such MLflow run in {self.uri}. Give a run id "
                 "(see `lafite-repro ui`) or a checkpoint file path."
             ) from None
-        path = run.data.tags.get(TAG_CHECKPOINT)
+        tags = run.data.tags
+        if TAG_DAMAGED in tags:
+            raise UserError(
+                f"--run {run_ref!r}: this run was retired because {tags[TAG_DAMAGED]}. Give the "
+                f"id of the run that replaced it (the newest run of hash {tags.get(TAG_HASH, '?')}"
+                ", see `lafite-repro ui`)"
+            )
+        path = tags.get(TAG_CHECKPOINT)
         if not path:
             raise UserError(f"--run {run_ref!r}: this run has no final checkpoint (not finished?)")
+        from lafite.checkpoint import checkpoint_problem
+
+        size = tags.get(TAG_CHECKPOINT_SIZE, "")
+        problem = checkpoint_problem(Path(path), int(size) if size.isdigit() else None)
+        if problem is not None:
+            raise UserError(
+                f"--run {run_ref!r}: the final checkpoint {path} {problem}. Restore it from a "
+                "backup, or train the run again from scratch: the command that trained it, "
+                f"`lafite-repro run {tags.get(TAG_SPEC, 'TABLE')} --scale "
+                f"{tags.get(TAG_SCALE, 'SCALE')}` (with the same --set and --seeds), plus "
+                "--retrain-damaged"
+            )
         return Path(path)
 
 
 def _record(run: Any) -> RunRecord:
     tags = run.data.tags
+    size = tags.get(TAG_CHECKPOINT_SIZE, "")
     return RunRecord(
         run_id=run.info.run_id,
         status=run.info.status,
         config_hash=tags.get(TAG_HASH, ""),
         row=tags.get(TAG_ROW, ""),
         seed=int(tags.get(TAG_SEED, "0")),
+        final_checkpoint=tags.get(TAG_CHECKPOINT, ""),
+        checkpoint_size=int(size) if size.isdigit() else None,
+        checkpoint_sha256=tags.get(TAG_CHECKPOINT_SHA256, ""),
     )
 
 
@@ -510,14 +607,59 @@ def git_commit() -> str:
     return commit + ("-dirty" if dirty else "")
 
 
-def serve_command(workspace: Workspace, host: str, port: int) -> list[str]:
-    """The ``mlflow server`` command line that shows the workspace's store."""
-    return [
-        "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{workspace.mlflow_db}",
-        "--artifacts-destination", str(workspace.mlflow_artifacts),
-        "--host", host, "--port", str(port), "--workers", "1",
-    ]
+# How `mlflow server` hands its options to the app's workers (mlflow/server/constants.py and
+# mlflow/server/__init__.py); tests/test_tracking.py checks these names against MLflow's own.
+_SERVER_BACKEND_ENV = "_MLFLOW_SERVER_FILE_STORE"
+_SERVER_ARTIFACTS_DESTINATION_ENV = "_MLFLOW_SERVER_ARTIFACT_DESTINATION"
+_SERVER_SERVE_ARTIFACTS_ENV = "_MLFLOW_SERVER_SERVE_ARTIFACTS"
+_SERVER_REGISTRY_ENV = "_MLFLOW_SERVER_REGISTRY_STORE"
+_SERVER_ARTIFACT_ROOT_ENV = "_MLFLOW_SERVER_ARTIFACT_ROOT"
+
+
+def serve_command(workspace: Workspace, host: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that serve the MLflow UI on the workspace's store.
+
+    This is what ``mlflow server`` runs, started directly: ``mlflow server`` first imports the
+    whole server to parse its options and then starts uvicorn, which imports it again, and it
+    starts a job runner that browsing runs never uses (measured: 25 s to the first page on a
+    loaded 2-core machine, against about half that here).
+    """
+    import uuid
+
+    store = f"sqlite:///{workspace.mlflow_db}"
+    env = {
+        _SERVER_BACKEND_ENV: store,
+        _SERVER_REGISTRY_ENV: store,
+        # Runs record their artifacts through the server, which keeps them here.
+        _SERVER_ARTIFACT_ROOT_ENV: "mlflow-artifacts:/",
+        _SERVER_ARTIFACTS_DESTINATION_ENV: str(workspace.mlflow_artifacts),
+        _SERVER_SERVE_ARTIFACTS_ENV: "true",
+        "MLFLOW_ENABLE_WORKSPACES": "false",
+        "PYTHONWARNINGS": "ignore",
+        "_MLFLOW_SGI_NAME": "uvicorn",
+        "_MLFLOW_SERVER_BOOT_ID": uuid.uuid4().hex,
+        "_MLFLOW_IN_JOB_EXECUTOR": "false",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    command = [sys.executable, "-m", "uvicorn", "--host", host, "--port", str(port),
+               "--workers", "1", "--log-level", "warning", "mlflow.server.fastapi_app:app"]
+    return command, env
+
+
+def wait_until_serving(url: str, process: Any, timeout: float = 300.0) -> float | None:
+    """Seconds until ``url``/health answers OK, or None if ``process`` exits or time runs out."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if process.poll() is not None:
+            return None
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.read().strip() == b"OK":
+                    return time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return None
 
 
 __all__ = [
@@ -528,8 +670,10 @@ __all__ = [
     "RunLogger",
     "RunRecord",
     "Tracker",
+    "check_server",
     "default_uri",
     "git_commit",
     "provenance_tags",
     "serve_command",
+    "wait_until_serving",
 ]

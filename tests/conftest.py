@@ -51,8 +51,8 @@ def tiny_models(tmp_path_factory) -> Path:
         world_clip_config,
         world_clip_dir,
     )
-    from lafite.encoders.world_text import WorldTextConfig, pretrain_world_text, world_text_dir
     from lafite.data.inspector import InspectorConfig, inspector_path, train_inspector
+    from lafite.encoders.world_text import WorldTextConfig, pretrain_world_text, world_text_dir
     from lafite.workspace import Workspace
 
     torch.set_num_threads(1)
@@ -71,7 +71,7 @@ def tiny_models(tmp_path_factory) -> Path:
         training=WorldClipTraining(n_train=128, steps=5, batch=32, warmup_steps=1, eval_groups=1),
     )
     # The shipped CLIP and Table 6's coarse-patch one (its ViT-B/32 analogue) alike.
-    for patch_size in (0, 4):
+    for patch_size in (0, 8):
         real_place = world_clip_dir(target, resolution,
                                     model_cfg=world_clip_config(resolution, patch_size))
         real_place.mkdir(parents=True)

@@ -203,7 +203,8 @@ def test_metrics_that_cannot_be_computed_carry_reasons(parts, workspace):
     assert "eval.soa_detector" in result.not_computed["SOA-C"]
     assert "world" in result.not_computed["caption-accuracy"]
     assert "500" in result.not_computed["R-precision"]
-    assert set(result.metrics) == {"CLIP-score"}
+    # feature-dim, the generator's condition size, is recorded with every evaluation.
+    assert set(result.metrics) == {"CLIP-score", "feature-dim"}
 
 
 def test_inspector_extractor_needs_the_world(parts, workspace):
@@ -211,7 +212,7 @@ def test_inspector_extractor_needs_the_world(parts, workspace):
     result = evaluate_generator(
         cfg, parts["G"], workspace, clip=parts["clip"], datasets=parts["datasets"], n_samples=20
     )
-    assert result.metrics == {}
+    assert "FID-0" not in result.metrics
     assert "only the built-in world" in result.not_computed["FID-0"]
 
 

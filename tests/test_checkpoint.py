@@ -1,6 +1,7 @@
 """Checkpoint files: atomic replacement, weights_only loading, RNG states round-trip."""
 
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -55,8 +56,58 @@ def test_corrupt_or_missing_checkpoint_is_a_user_error(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="delete it"):
+    with pytest.raises(UserError, match=r"bad\.pt cannot be read .*--retrain-damaged.*delete"):
         load_checkpoint(bad)
+
+
+class _Payload:
+    """Unpickling this would create a file: the proof that a refused checkpoint ran nothing."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_checkpoint_holding_other_objects_is_refused_without_unsafe_advice(tmp_path):
+    payload = _Payload()
+    payload.marker = str(tmp_path / "payload-ran")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"format": 1, "G": {"w": torch.zeros(2)}, "extra": payload}, foreign)
+    with pytest.raises(UserError) as info:
+        load_checkpoint(foreign)
+    message = str(info.value)
+    assert str(foreign) in message and "holds objects other than weights" in message
+    assert "tensors, numbers, strings, lists, dicts" in message and "refused" in message
+    assert "weights_only" not in message and "likely succeed" not in message
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps(payload))
+    with pytest.raises(UserError, match=r"plain\.pkl holds objects other than weights .*refused: "
+                                        r"it is a plain pickle that stores the Python object"):
+        load_checkpoint(plain)
+    assert not (tmp_path / "payload-ran").exists()
+
+
+def test_checkpoint_problem_cheap_checks_and_verify(tmp_path):
+    from lafite.checkpoint import checkpoint_problem, file_fingerprint
+
+    path = save_atomic({"format": 1, "w": torch.arange(5000.0)}, tmp_path / "ck.pt")
+    size, sha256 = file_fingerprint(path)
+    assert checkpoint_problem(path, size, sha256, verify=True) is None
+    assert checkpoint_problem(path) is None and checkpoint_problem(path, verify=True) is None
+    assert checkpoint_problem(tmp_path / "gone.pt", size, sha256) == "is missing"
+    data = path.read_bytes()
+    path.write_bytes(data[:-10])
+    assert "were recorded" in checkpoint_problem(path, size, sha256)
+    assert "no zip directory" in checkpoint_problem(path)  # no size recorded: still found
+    path.write_bytes(b"")
+    assert checkpoint_problem(path) == "is empty (0 bytes)"
+    changed = bytearray(data)
+    changed[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(changed))
+    assert checkpoint_problem(path, size, sha256) is None  # same size: only reading finds it
+    assert "sha256" in checkpoint_problem(path, size, sha256, verify=True)
+    assert "CRC" in checkpoint_problem(path, verify=True)
 
 
 CHILD = """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,6 +42,19 @@ def test_dry_run_prints_the_plan_and_records_nothing(workspace):
     assert "loss.con_g=False" in result.output
     assert not (workspace.root / "mlflow.db").exists()
     assert not (workspace.root / "runs").exists()
+
+
+@pytest.mark.parametrize("table", ["table1", "table6"])
+def test_the_encoder_and_captioner_tables_plan_at_paper_scale(workspace, table):
+    result = invoke("run", table, "--scale", "paper", "--dry-run")
+    assert result.exit_code == 0, result.output
+    if table == "table6":
+        assert "encoder.name=roberta-large" in result.output
+        assert "clip.name=ViT-B-16, loss.con_g=False" in result.output
+    else:
+        assert "data.captions_file=vinvl-large.jsonl" in result.output
+        assert "captioner-base" not in result.output  # no captioner is trained at paper scale
+    assert not (workspace.root / "mlflow.db").exists()
 
 
 def test_show_and_list(workspace):
@@ -135,6 +149,156 @@ def test_console_script_error_is_one_line_without_traceback(workspace):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: unknown table or figure 'table99'")
+
+
+def _negative_kimg(tmp_path: Path) -> Path:
+    text = (REPO / "experiments" / "table5.yaml").read_text().replace("id: table5", "id: tablekimg")
+    assert text.count("train: {batch: 8, kimg: 0.08,") == 1  # the smoke scale's schedule
+    text = text.replace("train: {batch: 8, kimg: 0.08,", "train: {batch: 8, kimg: -1,")
+    path = tmp_path / "tablekimg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_an_out_of_range_number_fails_the_dry_run_naming_file_field_and_range(workspace, tmp_path):
+    path = _negative_kimg(tmp_path)
+    result = CliRunner().invoke(main, ["run", str(path), "--scale", "smoke", "--dry-run"])
+    assert result.exit_code == 2, result.output
+    assert re.search(r"tablekimg\.yaml: scales\.smoke: 'train\.kimg' must be greater than 0, got -1",
+                     result.output), result.output
+    assert "Traceback" not in result.output and result.output.count("error:") == 1
+    for assignment, message in (("train.batch=0", "--set: 'train.batch' must be at least 1, got 0"),
+                                ("loss.tau=-0.5", "--set: 'loss.tau' must be greater than 0, got -0.5")):
+        result = CliRunner().invoke(main, ["run", "table5", "--scale", "smoke", "--dry-run",
+                                           "--set", assignment])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert not workspace.root.exists()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+TRACKING_COMMANDS = {
+    "run": ["run", "table5", "--scale", "smoke", "--rows", "LAFITE_G"],
+    "list": ["list"],
+    "report": ["report", "table5"],
+    "tune": ["tune", "--study", "tau", "--scale", "smoke"],
+    "evaluate": ["evaluate", "--run", "0123456789abcdef"],
+    "generate": ["generate", "--run", "0123456789abcdef", "--caption", "a red circle"],
+}
+
+
+@pytest.mark.parametrize("via", ["flag", "env"])
+@pytest.mark.parametrize("command", sorted(TRACKING_COMMANDS))
+def test_an_unreachable_tracking_server_fails_at_once(workspace, tmp_path, monkeypatch, command, via):
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    args = TRACKING_COMMANDS[command]
+    if via == "flag":
+        args = [*args, "--tracking-uri", uri]
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # report writes ./reports
+    started = time.monotonic()
+    result = CliRunner().invoke(main, args)
+    assert time.monotonic() - started < 30  # MLflow's own retries take minutes
+    assert result.exit_code == 2, result.output
+    source = "--tracking-uri" if via == "flag" else "$MLFLOW_TRACKING_URI"
+    assert f"cannot reach the MLflow tracking server '{uri}' ({source})" in result.output
+    assert "Start the MLflow server" in result.output
+    assert ("drop --tracking-uri" if via == "flag" else "unset MLFLOW_TRACKING_URI") in result.output
+    assert "Traceback" not in result.output and result.output.count("error:") == 1
+    assert not (workspace.root / "mlflow.db").exists() and not (workspace.root / "runs").exists()
+
+
+def _read_only(monkeypatch, folder: Path) -> None:
+    """Make ``folder`` read-only: really, or (as root, whom permissions do not stop) as the
+    operating system would report it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o555)
+    if os.geteuid() != 0:
+        return
+    real_access, real_mkdir = os.access, Path.mkdir
+
+    def access(path, mode, **kw):
+        inside = Path(path) == folder or folder in Path(path).parents
+        return False if inside and mode & os.W_OK else real_access(path, mode, **kw)
+
+    def mkdir(self, *args, **kw):
+        if folder in self.parents and not self.exists():
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kw)
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ("file", r"cannot create the workspace folder {home}: {home} is a file, not a folder"),
+        ("under-file", r"cannot create the workspace folder {home}: {top} is a file, not a folder"),
+        ("read-only", r"cannot write to the workspace folder {home}: permission denied on {home}\. "
+                      r"Make it writable \(chmod u\+w {home}\)"),
+        ("under-read-only", r"cannot write to the workspace folder {home}: permission denied on "
+                            r"{top}\."),
+    ],
+)
+@pytest.mark.parametrize("via", ["--home", "LAFITE_HOME"])
+def test_an_unusable_workspace_folder_is_one_message(tmp_path, monkeypatch, layout, message, via):
+    top = tmp_path / "top"
+    home = top if layout in ("file", "read-only") else top / "ws"
+    if layout.endswith("file"):
+        top.write_text("not a folder")
+    else:
+        _read_only(monkeypatch, top)
+    args = ["run", "table5", "--scale", "smoke", "--rows", "LAFITE_G"]
+    if via == "--home":
+        args = ["--home", str(home), *args]
+    else:
+        monkeypatch.setenv("LAFITE_HOME", str(home))
+    try:
+        result = CliRunner().invoke(main, args)
+    finally:
+        if top.is_dir():
+            top.chmod(0o755)
+    assert result.exit_code == 2, result.output
+    assert re.search(message.format(home=re.escape(str(home)), top=re.escape(str(top))),
+                     result.output), result.output
+    assert "--home DIR or LAFITE_HOME=DIR" in result.output
+    assert "Traceback" not in result.output and result.output.count("error:") == 1
+
+
+def test_a_workspace_on_a_read_only_file_system_and_a_read_only_subfolder(tmp_path, monkeypatch):
+    import errno
+
+    home = tmp_path / "ws"
+    real_mkdir = Path.mkdir
+
+    def read_only_fs(self, *args, **kw):
+        if self == home or home in self.parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kw)
+
+    monkeypatch.setattr(Path, "mkdir", read_only_fs)
+    result = CliRunner().invoke(main, ["--home", str(home), "run", "table5", "--scale", "smoke"])
+    assert result.exit_code == 2, result.output
+    assert f"cannot write to the workspace folder {home}: it is on a read-only file system" in result.output
+    monkeypatch.undo()
+
+    (home / "runs").mkdir(parents=True)
+    _read_only(monkeypatch, home / "runs")
+    from lafite.workspace import Workspace, WorkspaceError
+
+    try:
+        with pytest.raises(WorkspaceError, match=re.escape(
+                f"cannot write to {home / 'runs'} in the workspace folder {home}: permission "
+                f"denied on {home / 'runs'}")):
+            assert Workspace.resolve(home).runs_dir is None  # raises first
+    finally:
+        (home / "runs").chmod(0o755)
 
 
 # -- real smoke-scale training through subprocesses -------------------------------------------

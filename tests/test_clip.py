@@ -132,6 +132,54 @@ def test_offline_missing_weights_is_one_clear_error(workspace, tmp_path, monkeyp
         lclip.load_clip(ClipConfig(name="ViT-B-32", pretrained=str(tmp_path / "nope.safetensors")), workspace, 256)
 
 
+class _Payload:
+    """Unpickling this would create a file: the proof that a refused weights file ran nothing."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_local_weights_file_that_is_no_state_dict_is_one_clear_error(tmp_path):
+    """clip.pretrained=FILE holding an object, a pickled class instance or a list: one message
+    naming the file and what it should hold; nothing in the file runs."""
+    import pickle
+
+    enc = _tiny_encoder(tmp_path, name="lafite-test-tiny-files")
+    marker = tmp_path / "payload-ran"
+    files = {"object.pt": None, "instance.pkl": None, "list.pt": "it holds a list",
+             "empty.pt": "it holds an empty dict", "cut.pt": "cannot be read as a weights file"}
+    torch.save(_Payload(marker), tmp_path / "object.pt")
+    (tmp_path / "instance.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    torch.save([1, 2], tmp_path / "list.pt")
+    torch.save({}, tmp_path / "empty.pt")
+    torch.save(enc.model.state_dict(), tmp_path / "good.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "good.pt").read_bytes()[:1000])
+    for name, what in files.items():
+        path = str(tmp_path / name)
+        with pytest.raises(UserError) as err:
+            lclip.load_clip(ClipConfig(name="lafite-test-tiny-files", pretrained=path), None, 16)
+        message = str(err.value)
+        assert path in message and "clip.pretrained" in message, message
+        assert "state dict of 'lafite-test-tiny-files'" in message
+        assert ".safetensors, .bin or .pt" in message
+        if what is None:
+            assert "holds objects other than weights" in message
+            assert "stores the Python object" in message
+            assert "weights_only" not in message
+        else:
+            assert what in message, message
+    assert not marker.exists()
+    loaded = lclip.load_clip(ClipConfig(name="lafite-test-tiny-files",
+                                        pretrained=str(tmp_path / "good.pt")), None, 16)
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    assert torch.equal(loaded.encode_images(images), enc.encode_images(images))
+
+
 def test_world_clip_missing_says_how_to_train(workspace):
     with pytest.raises(UserError, match="lafite-repro clip pretrain"):
         lclip.load_clip(ClipConfig(name="world"), workspace, 32)
@@ -173,8 +221,8 @@ def test_world_clip_training_default_depends_on_resolution():
     # the cache key: a workspace holding the old 32-px CLIP trains the new one instead of reusing it.
     mini, smoke = lclip.default_world_clip_training(32), lclip.default_world_clip_training(16)
     assert (mini.steps, mini.warmup_steps) == (2400, 240)
-    assert smoke == lclip.WorldClipTraining()
-    assert lclip.world_clip_key(16) == lclip.world_clip_key(16, training=lclip.WorldClipTraining())
+    assert (smoke.steps, smoke.n_train) == (300, 8000)  # smoke proves the plumbing: seconds
+    assert lclip.world_clip_key(16) == lclip.world_clip_key(16, training=smoke)
     assert lclip.world_clip_key(32) == lclip.world_clip_key(32, training=mini)
     assert lclip.world_clip_key(32) != lclip.world_clip_key(32, training=lclip.WorldClipTraining())
 

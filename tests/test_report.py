@@ -67,6 +67,8 @@ def fill_store(workspace, spec: Spec, scale: str, seeds: int = 1, rows: list[str
         for position, metric in enumerate(spec.metrics):
             value = (value_of(run.row.name, metric.name, run.seed) if value_of
                      else 1.0 + index * 0.1 + position + run.seed * 0.01)
+            if value is None:  # never logged
+                continue
             key = metric.name
             if metric.name == "R-precision":
                 key = "R-precision - training-signal diagnostic"
@@ -377,3 +379,53 @@ def test_a_property_column_is_shown_but_never_ranked():
     markdown = to_markdown(table)
     assert "| Feature dim paper |" in markdown and "| 1024 |" in markdown and "128 (n=1)" in markdown
     assert next(r for r in table.rows if r.name == "CLIP(B-16)").cells["FID-0"].our_best
+
+
+def test_a_nan_measurement_is_a_failure_not_a_missing_number(tmp_path, table5):
+    """A run that measured FID and got NaN is shown as a failed measurement, in the cell and in
+    a summary line; a metric never logged stays "not computed"; a finite seed keeps its mean."""
+    from lafite.workspace import Workspace
+
+    def value_of(row: str, metric: str, seed: int) -> float | None:
+        if metric == "FID-0" and (row == "LAFITE_G" or seed == 1):
+            return float("nan")
+        if metric == "IS" and row == "LAFITE_G +L_ConG":
+            return None
+        return 10.0 + seed
+
+    workspace = Workspace.resolve(tmp_path / "ws")
+    fill_store(workspace, table5, "smoke", seeds=2, rows=["LAFITE_G", "LAFITE_G +L_ConG"],
+               value_of=value_of, history=1)
+
+    build_report(workspace, scale="smoke", out_dir=tmp_path / "md", fmt="markdown", specs=[table5])
+    text = (tmp_path / "md" / "table5.md").read_text()
+    lines = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| LAFITE")}
+    #        row | IS paper | IS here | FID paper | FID here
+    assert lines["| LAFITE_G"].split(" | ")[4] == "NaN: measurement failed"
+    assert lines["| LAFITE_G"].split(" | ")[2] == "10.50 ± 0.71 (n=2)"
+    assert lines["| LAFITE_G +L_ConG"].split(" | ")[2] == "not computed"
+    assert lines["| LAFITE_G +L_ConG"].split(" | ")[4] == "10.00 (n=1); 1 seed NaN"
+    assert "- LAFITE_G: FID (2 of 2 seeds NaN)" in text
+    assert "- LAFITE_G +L_ConG: FID (1 of 2 seeds NaN)" in text
+    assert "IS (" not in text.split("Measurements that failed")[1]  # never logged is not failed
+
+    build_report(workspace, scale="smoke", out_dir=tmp_path / "html", specs=[table5])
+    page = (tmp_path / "html" / "table5.html").read_text()
+    rows = dict(_result_rows(page))
+    assert "NaN: measurement failed" in rows["LAFITE_G"] and "not computed" not in rows["LAFITE_G"]
+    assert "not computed" in rows["LAFITE_G +L_ConG"] and "1 seed NaN" in rows["LAFITE_G +L_ConG"]
+    banner = html.unescape(page.split('<p class="banner failed">', 1)[1].split("</p>", 1)[0])
+    assert "LAFITE_G: FID (2 of 2 seeds NaN); LAFITE_G +L_ConG: FID (1 of 2 seeds NaN)" in banner
+    index = (tmp_path / "html" / "index.html").read_text()
+    assert "2 failed measurements: NaN" in index
+
+
+def test_an_infinite_value_is_a_failed_measurement_too(table5):
+    import pandas as pd
+
+    frame = pd.DataFrame([
+        {"row": "LAFITE_G", "seed": 0, "scale": "mini", "run_id": "a",
+         "metrics.FID-0": float("inf"), "metrics.IS": 2.0},
+    ])
+    cell = summarise(table5, frame, "mini").rows[0].cells["FID-0"]
+    assert (cell.mean, cell.failed, cell.failed_text) == (None, ["inf"], "inf: measurement failed")

@@ -130,13 +130,13 @@ def test_job_is_built_once_under_a_lock(workspace, monkeypatch):
 
 def test_implicit_jobs_change_with_their_builders_settings(monkeypatch):
     """A new inspector or world-CLIP recipe (code version, network, training) is a new job."""
-    from lafite.data import inspector
+    from lafite import helper_keys
 
     spec = spec_mod.load(REPO / "experiments" / "table5.yaml")
     cfg = spec.resolve(spec.row("LAFITE_G"), "smoke")
     before = {j.kind: j.hash for j in jobs_mod.needed_jobs(cfg)}
     assert set(before) == {"world-clip", "inspector"}
-    monkeypatch.setattr(inspector, "INSPECTOR_VERSION", "inspector-test-bump")
+    monkeypatch.setattr(helper_keys, "INSPECTOR_VERSION", "inspector-test-bump")
     after = {j.kind: j.hash for j in jobs_mod.needed_jobs(cfg)}
     assert after["inspector"] != before["inspector"]
     assert after["world-clip"] == before["world-clip"]
@@ -146,7 +146,7 @@ def test_a_new_world_clip_recipe_makes_new_runs_and_inference_models(monkeypatch
     """Runs and the jobs trained in the CLIP's feature space (LAFITE_NN's inference model) are
     named after the world CLIP's recipe too: finished results made with an older CLIP are not
     taken for the new one's."""
-    from lafite import clip as clip_mod
+    from lafite import helper_keys
 
     spec = spec_mod.load(REPO / "experiments" / "table5.yaml")
     rows = ["LAFITE_G", "LAFITE_NN"]
@@ -154,8 +154,8 @@ def test_a_new_world_clip_recipe_makes_new_runs_and_inference_models(monkeypatch
     nn_cfg = spec.resolve(spec.row("LAFITE_NN"), "smoke")
     nn_before = jobs_mod.resolve("nn-web", nn_cfg).hash
     paper_before = [p.hash for p in spec_mod.plan(spec, "paper", rows=rows)]
-    longer = clip_mod.WorldClipTraining(steps=801)
-    monkeypatch.setitem(clip_mod._TRAINING_BY_RESOLUTION, 16, longer)
+    longer = helper_keys.WorldClipTraining(steps=801)
+    monkeypatch.setitem(helper_keys._TRAINING_BY_RESOLUTION, 16, longer)
     after = [p.hash for p in spec_mod.plan(spec, "smoke", rows=rows)]
     assert after[0] != before[0] and after[1] != before[1]
     assert jobs_mod.resolve("nn-web", nn_cfg).hash != nn_before
@@ -208,3 +208,139 @@ def test_preflight_checks_an_init_checkpoint_before_anything_runs(workspace, tmp
                             extra={"train.init_checkpoint": str(tmp_path / "gone.pt")})
     with pytest.raises(UserError, match=r"gone\.pt does not exist \(train\.init_checkpoint\)"):
         runner.preflight(full, workspace)
+
+
+# -- finished runs whose final checkpoint was damaged afterwards ---------------------------------
+
+
+@pytest.fixture
+def fake_training(monkeypatch, tmp_path):
+    """run_spec with training replaced by writing a small checkpoint (and no jobs to build)."""
+    import torch
+
+    from lafite import train
+    from lafite.checkpoint import CHECKPOINT_NAME, save_atomic
+
+    trained = []
+
+    def fake_train_run(cfg, run_dir, workspace, callbacks=None, **extra):
+        trained.append(Path(run_dir))
+        path = save_atomic({"format": 1, "finished": True, "w": torch.arange(20000.0)},
+                           Path(run_dir) / CHECKPOINT_NAME)
+        callbacks.on_evaluate(1.0, {"fid": 1.0})
+        return train.TrainResult(final_checkpoint=path, kimg=1.0, steps=1, resumed_from=None)
+
+    artifact = tmp_path / "job-artifact"
+    artifact.write_text("built")
+    monkeypatch.setattr(train, "train_run", fake_train_run)
+    monkeypatch.setattr(jobs_mod, "artifact_path", lambda job, workspace: artifact)
+    return trained
+
+
+def _run_g(workspace, **kwargs):
+    return runner.run_spec(spec_mod.find("table5"), "smoke", workspace, rows=["LAFITE_G"],
+                           seeds=1, quiet=True, **kwargs)
+
+
+def test_damaged_final_checkpoint_is_named_and_retrained_on_request(workspace, fake_training):
+    from lafite.checkpoint import file_fingerprint
+    from lafite.tracking import (
+        FAILED,
+        TAG_CHECKPOINT,
+        TAG_CHECKPOINT_SHA256,
+        TAG_CHECKPOINT_SIZE,
+        TAG_DAMAGED,
+        Tracker,
+    )
+
+    first = _run_g(workspace)
+    assert [o.status for o in first.outcomes] == ["trained"]
+    tracker = Tracker(workspace)
+    tags = tracker.client.get_run(first.outcomes[0].run_id).data.tags
+    checkpoint = Path(tags[TAG_CHECKPOINT])
+    size, sha256 = file_fingerprint(checkpoint)
+    assert (tags[TAG_CHECKPOINT_SIZE], tags[TAG_CHECKPOINT_SHA256]) == (str(size), sha256)
+    assert [o.status for o in _run_g(workspace).outcomes] == ["skipped"]
+
+    checkpoint.write_bytes(checkpoint.read_bytes()[: size // 2])  # truncated later
+    with pytest.raises(UserError) as info:
+        _run_g(workspace)
+    message = str(info.value)
+    assert "LAFITE_G seed 0" in message and str(checkpoint) in message
+    assert f"{size:,} were recorded" in message and "--retrain-damaged" in message
+    assert len(fake_training) == 1  # nothing trained, nothing skipped silently
+    with pytest.raises(UserError, match=r"the final checkpoint .* were recorded .*`lafite-repro "
+                                        r"run table5 --scale smoke`.*--retrain-damaged"):
+        tracker.run_checkpoint(first.outcomes[0].run_id)  # what evaluate and generate read
+
+    again = _run_g(workspace, retrain_damaged=True)
+    (outcome,) = again.outcomes
+    assert outcome.status == "retrained" and outcome.run_id != first.outcomes[0].run_id
+    assert len(fake_training) == 2 and checkpoint.stat().st_size == size
+    (aside,) = checkpoint.parent.parent.glob(f"{checkpoint.parent.name}.damaged-*")
+    assert (aside / checkpoint.name).stat().st_size == size // 2  # kept, not deleted
+    old = tracker.client.get_run(first.outcomes[0].run_id)
+    assert old.info.status == FAILED and "truncated" in old.data.tags[TAG_DAMAGED]
+    assert list(tracker.runs_frame("table5", "smoke", status=None)["run_id"]) == [outcome.run_id]
+    with pytest.raises(UserError, match="this run was retired because final checkpoint"):
+        tracker.run_checkpoint(first.outcomes[0].run_id)
+    assert tracker.run_checkpoint(outcome.run_id) == checkpoint
+    assert [o.status for o in _run_g(workspace).outcomes] == ["skipped"]
+
+
+def test_same_size_corruption_is_found_with_verify(workspace, fake_training):
+    first = _run_g(workspace)
+    from lafite.tracking import TAG_CHECKPOINT, Tracker
+
+    checkpoint = Path(Tracker(workspace).client.get_run(first.outcomes[0].run_id)
+                      .data.tags[TAG_CHECKPOINT])
+    data = bytearray(checkpoint.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    checkpoint.write_bytes(bytes(data))
+    assert [o.status for o in _run_g(workspace).outcomes] == ["skipped"]  # cheap checks only
+    with pytest.raises(UserError, match=r"LAFITE_G seed 0 .*not the recorded sha256"):
+        _run_g(workspace, verify=True)
+
+
+def test_runs_finished_before_sizes_were_recorded(workspace, fake_training):
+    """No recorded size: trusted unless missing, empty or not a zip archive."""
+    from lafite.tracking import TAG_CHECKPOINT, TAG_CHECKPOINT_SHA256, TAG_CHECKPOINT_SIZE, Tracker
+
+    run_id = _run_g(workspace).outcomes[0].run_id
+    client = Tracker(workspace).client
+    client.delete_tag(run_id, TAG_CHECKPOINT_SIZE)
+    client.delete_tag(run_id, TAG_CHECKPOINT_SHA256)
+    checkpoint = Path(client.get_run(run_id).data.tags[TAG_CHECKPOINT])
+    assert [o.status for o in _run_g(workspace, verify=True).outcomes] == ["skipped"]
+    data = bytearray(checkpoint.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    checkpoint.write_bytes(bytes(data))
+    assert [o.status for o in _run_g(workspace).outcomes] == ["skipped"]
+    with pytest.raises(UserError, match="does not match its CRC"):
+        _run_g(workspace, verify=True)
+    checkpoint.write_bytes(b"")
+    with pytest.raises(UserError, match=r"is empty \(0 bytes\)"):
+        _run_g(workspace)
+    checkpoint.unlink()  # the old advice: delete it. Now that leads to a retraining.
+    with pytest.raises(UserError, match="is missing"):
+        _run_g(workspace)
+    assert [o.status for o in _run_g(workspace, retrain_damaged=True).outcomes] == ["retrained"]
+
+
+def test_cli_run_reports_damage_with_exit_2_and_retrains_with_the_flag(workspace, fake_training):
+    from click.testing import CliRunner
+
+    from lafite.cli import main
+
+    args = ["--home", str(workspace.root), "run", "table5", "--scale", "smoke",
+            "--rows", "LAFITE_G", "--seeds", "1", "--quiet"]
+    cli = CliRunner()
+    assert cli.invoke(main, args).exit_code == 0
+    (checkpoint,) = workspace.runs_dir.glob("*/checkpoint.pt")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    result = cli.invoke(main, args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "error: table5 (smoke)" in result.output and str(checkpoint) in result.output
+    result = cli.invoke(main, [*args, "--retrain-damaged", "--verify"])
+    assert result.exit_code == 0, result.output
+    assert "1 retrained" in result.output

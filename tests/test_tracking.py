@@ -47,7 +47,7 @@ def test_layout_params_tags_metrics_and_artifacts(tracker):
     cfg = RunConfig().override({"eval.inception_weights": "x" * 900})
     logger = _child(tracker, parent, cfg)
     logger.log_metrics(0.5, {"G/loss": 1.5, "not a number": "text"})
-    logger.log_metrics(1.0, {"G/loss": 1.25, "FID-0": 30.0})
+    logger.log_metrics(1.0, {"G/loss": 1.25, "FID-0": 30.0, "IS": float("nan")})
     logger.set_tags({TAG_CHECKPOINT: "/somewhere/checkpoint.pt"})
     logger.close(FINISHED)
 
@@ -72,6 +72,9 @@ def test_layout_params_tags_metrics_and_artifacts(tracker):
     frame = tracker.runs_frame("tabletest")
     assert list(frame["row"]) == ["row a"]
     assert frame.loc[0, "metrics.FID-0"] == 30.0
+    # A logged NaN (a failed measurement) is flagged, unlike a metric never logged.
+    assert frame.loc[0, "nan.IS"] == True  # noqa: E712
+    assert "nan.FID-0" not in frame.columns
     assert frame.loc[0, "final_checkpoint"] == "/somewhere/checkpoint.pt"
     assert frame.loc[0, "tags.lafite.hardware"] == tags["lafite.hardware"]
     assert frame.loc[0, "end_time"] >= frame.loc[0, "start_time"] > 0
@@ -123,3 +126,145 @@ def test_provenance_has_commit_and_versions():
     tags = provenance_tags()
     assert tags["lafite.git_commit"] != ""
     assert "lafite.version.mlflow" in tags
+
+
+# -- the tracking server probe -------------------------------------------------------------------
+
+
+@pytest.fixture
+def http_server():
+    """A local HTTP server answering every GET with the status in ``server.status``."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            self.server.paths.append(self.path)
+            self.send_response(self.server.status)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.status, server.paths = 200, []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _uri(server) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_a_tracking_server_that_answers_passes_and_is_asked_once(http_server, monkeypatch):
+    from lafite import tracking
+
+    monkeypatch.setattr(tracking, "_servers_reached", set())
+    for status in (200, 401):  # 401: MLflow has credentials this probe does not send
+        http_server.status, http_server.paths = status, []
+        tracking._servers_reached.clear()
+        tracking.check_server(_uri(http_server))
+        tracking.check_server(_uri(http_server) + "/")
+        assert http_server.paths == ["/api/2.0/mlflow/experiments/search?max_results=1"] * 2
+        tracking.check_server(_uri(http_server))
+        assert len(http_server.paths) == 2  # a reached server is not asked again
+    tracking.check_server("sqlite:////nowhere/mlflow.db")  # not a server: nothing to ask
+
+
+@pytest.mark.parametrize(("status", "message"), [
+    (404, "answers, but is not an MLflow tracking server"),
+    (503, "fails: HTTP 503"),
+])
+def test_a_server_that_is_not_a_working_mlflow_is_named(http_server, monkeypatch, status, message):
+    from lafite import tracking
+    from lafite.errors import UserError
+
+    monkeypatch.setattr(tracking, "_servers_reached", set())
+    http_server.status = status
+    with pytest.raises(UserError, match=message) as err:
+        tracking.check_server(_uri(http_server))
+    assert _uri(http_server) in str(err.value) and "drop --tracking-uri" in str(err.value)
+
+
+def test_a_server_that_never_answers_fails_after_the_timeout(monkeypatch):
+    import socket
+
+    from lafite import tracking
+    from lafite.errors import UserError
+
+    monkeypatch.setattr(tracking, "_servers_reached", set())
+    with socket.socket() as listener:  # accepts connections (the backlog), never replies
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        started = time.monotonic()
+        with pytest.raises(UserError) as err:
+            tracking.check_server(timeout=0.5)
+        assert time.monotonic() - started < 5
+    assert f"cannot reach the MLflow tracking server '{uri}' ($MLFLOW_TRACKING_URI)" in str(err.value)
+    assert "unset MLFLOW_TRACKING_URI" in str(err.value)
+
+
+def test_tracker_asks_the_server_before_mlflow_does(tmp_path, monkeypatch):
+    import socket
+
+    from lafite.errors import UserError
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(UserError, match=f"'http://127.0.0.1:{port}' \\(--tracking-uri\\)"):
+        Tracker(Workspace.resolve(tmp_path / "ws"), f"http://127.0.0.1:{port}")
+    assert time.monotonic() - started < 10
+    assert not (tmp_path / "ws").exists()
+
+
+def test_the_ui_server_settings_are_mlflows_own():
+    from mlflow.server import constants
+
+    from lafite import tracking
+
+    assert tracking._SERVER_BACKEND_ENV == constants.BACKEND_STORE_URI_ENV_VAR
+    assert tracking._SERVER_REGISTRY_ENV == constants.REGISTRY_STORE_URI_ENV_VAR
+    assert tracking._SERVER_ARTIFACT_ROOT_ENV == constants.ARTIFACT_ROOT_ENV_VAR
+    assert tracking._SERVER_ARTIFACTS_DESTINATION_ENV == constants.ARTIFACTS_DESTINATION_ENV_VAR
+    assert tracking._SERVER_SERVE_ARTIFACTS_ENV == constants.SERVE_ARTIFACTS_ENV_VAR
+
+
+def test_ui_serves_the_workspace_store_and_says_when_it_answers(tracker):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    parent = tracker.parent_run("tabletest", "smoke")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "LAFITE_HOME": str(tracker.workspace.root)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    ui = subprocess.Popen([sys.executable, "-m", "lafite.cli", "ui", "--port", str(port)], env=env,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        lines = []
+        while time.monotonic() < deadline:
+            line = ui.stderr.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+            if "answered after" in line:
+                break
+        assert f"MLflow UI at http://127.0.0.1:{port}" in lines[-1]
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/get?run_id={parent}"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert parent in response.read().decode()
+    finally:
+        os.killpg(ui.pid, signal.SIGINT)
+        ui.wait(timeout=60)

@@ -148,7 +148,10 @@ class EvalCaptions:
             source = self._visit % len(self.dataset)
             options = self.dataset.captions(source)
             if not options:
+                named = getattr(self.dataset, "caption_problem", None)
+                problem = named(source) if named is not None else None
                 raise UserError(
+                    f"evaluation split: {problem}" if problem else
                     f"image {source} of the evaluation split has no caption; every test image "
                     "needs at least one line in its .txt file"
                 )

@@ -82,6 +82,40 @@ class Cell:
     paper_best: bool = False
     our_best: bool = False
     not_computed: str = ""  # why the metric is missing from a finished run
+    # Seeds whose measurement was made but came out NaN or infinite: failed, not missing, and
+    # left out of the mean.
+    failed: list[str] = field(default_factory=list)  # "NaN", "inf" or "-inf", one per seed
+
+    @property
+    def failed_value(self) -> str:
+        """"NaN" (or "inf"), as the failed seeds logged it; "" when none failed."""
+        return "NaN" if "NaN" in self.failed else (self.failed[0] if self.failed else "")
+
+    @property
+    def failed_text(self) -> str:
+        """What a reader sees for the failed seeds: the whole cell when no seed succeeded."""
+        if not self.failed:
+            return ""
+        if self.mean is None:
+            return f"{self.failed_value}: measurement failed"
+        seeds = "seed" if len(self.failed) == 1 else "seeds"
+        return f"{len(self.failed)} {seeds} {self.failed_value}"
+
+
+@dataclass
+class FailedMeasurement:
+    """A metric of a row that was measured and came out NaN (or infinite) for some seeds."""
+
+    row: str
+    metric: str  # the column's label
+    value: str  # "NaN" or "inf"
+    failed: int
+    seeds: int  # seeds with a finished run that logged the metric, failed or not
+
+    @property
+    def text(self) -> str:
+        seeds = "seed" if self.seeds == 1 else "seeds"
+        return f"{self.row}: {self.metric} ({self.failed} of {self.seeds} {seeds} {self.value})"
 
 
 @dataclass
@@ -210,6 +244,15 @@ class TableResult:
     def command(self) -> str:
         return run_command(self.spec.id, self.scale)
 
+    @property
+    def failed(self) -> list[FailedMeasurement]:
+        """Every (row, metric) whose measurement came out NaN or infinite for some seed."""
+        return [
+            FailedMeasurement(r.name, col.label, c.failed_value, len(c.failed), c.n + len(c.failed))
+            for r in self.rows for col in self.columns
+            if (c := r.cells[col.name]).failed
+        ]
+
 
 def display_value(value: float, percent: bool) -> float:
     return value * 100.0 if percent else value
@@ -241,7 +284,7 @@ def summarise(
             if col.name in row.paper:
                 cell.paper = row.paper[col.name]
             if group is not None and not row.reference:
-                values = _values(group, col.name)
+                values, cell.failed = _values(group, col.name)
                 if col.percent and len(values) and float(values.max()) <= 1.0:
                     values = values * 100.0
                 cell.n = int(len(values))
@@ -250,7 +293,7 @@ def summarise(
                     cell.spread = float(values.std(ddof=1)) if cell.n >= 2 else None
                     if cell.paper is not None and not is_world_scale(scale):
                         cell.diff = cell.mean - cell.paper
-                else:
+                elif not cell.failed:
                     cell.not_computed = _not_computed(group, col.name)
             cells[col.name] = cell
         run_ids: list[tuple[int, str]] = []
@@ -289,20 +332,25 @@ def _columns(spec: Spec, runs: pd.DataFrame) -> list[MetricColumn]:
     return out
 
 
-def _values(group: pd.DataFrame, metric: str) -> pd.Series:
-    """The metric's values over the seeds of one row, whichever key it was stored under."""
-    found = []
+def _values(group: pd.DataFrame, metric: str) -> tuple[pd.Series, list[str]]:
+    """The metric's finite values over the seeds of one row, whichever key it was stored under,
+    and the seeds where it was logged but is NaN or infinite (a failed measurement)."""
+    found, logged_nan = [], pd.Series(False, index=group.index)
     for key in tracking_names(metric):
         column = f"metrics.{key}"
         if column in group.columns:
             found.append(pd.to_numeric(group[column], errors="coerce"))
+        # The frame's NaN also stands for "never logged"; the tracker flags a logged NaN.
+        if f"nan.{key}" in group.columns:
+            logged_nan |= group[f"nan.{key}"].eq(True)
     if not found:
-        return pd.Series(dtype=float)
+        return pd.Series(dtype=float), []
     merged = found[0]
     for other in found[1:]:
         merged = merged.fillna(other)
-    merged = merged.dropna()
-    return merged[merged.map(math.isfinite)]
+    finite = merged.map(lambda v: not pd.isna(v) and math.isfinite(v))
+    failed = ["NaN" if pd.isna(v) else f"{v}" for v in merged[~finite & (merged.notna() | logged_nan)]]
+    return merged[finite], failed
 
 
 def _not_computed(group: pd.DataFrame, metric: str) -> str:
@@ -536,9 +584,11 @@ def to_markdown(table: TableResult) -> str:
             elif r.status == "paper only":
                 ours_text = ""
             elif c.mean is None:
-                ours_text = "not computed"
+                ours_text = c.failed_text or "not computed"
             else:
                 ours_text = _mark(fmt_reproduced(c, col.digits), c.our_best)
+                if c.failed:
+                    ours_text += f"; {c.failed_text}"
             cells.append(ours_text)
             if col.has_paper and not table.world:
                 cells.append(fmt_signed(c.diff) if c.diff is not None else "")
@@ -566,7 +616,8 @@ def to_markdown(table: TableResult) -> str:
                         continue
                     paper = fmt(cell.paper, c.digits) if cell.paper is not None else "–"
                     ours = "" if m.reference else " / " + (
-                        fmt(cell.mean, c.digits) if cell.mean is not None else "–")
+                        fmt(cell.mean, c.digits) if cell.mean is not None
+                        else cell.failed_value or "–")
                     cells.append(paper + ours)
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -582,6 +633,10 @@ def to_markdown(table: TableResult) -> str:
         lines += ["", "Rows not run yet, and the command that runs each:", "", *missing]
     if others:
         lines += ["", "Runs not averaged into their row:", "", *others]
+    if table.failed:
+        lines += ["", "Measurements that failed: logged as NaN (or infinite) by a finished run and "
+                  "left out of the means; \"not computed\" means never measured:", "",
+                  *(f"- {_md_escape(f.text)}" for f in table.failed)]
     if table.agreements:
         lines += ["", "Does the paper's ordering hold?", "",
                   "| metric | best in paper | best here | pairs in paper's order | Kendall τ | verdict |",
@@ -609,7 +664,8 @@ def as_dict(table: TableResult) -> dict[str, Any]:
     """Plain numbers of a table (for tests and machine readers)."""
     return {
         r.name: {
-            name: {"paper": c.paper, "mean": c.mean, "spread": c.spread, "n": c.n, "diff": c.diff}
+            name: {"paper": c.paper, "mean": c.mean, "spread": c.spread, "n": c.n, "diff": c.diff,
+                   "failed": len(c.failed)}
             for name, c in r.cells.items()
         }
         for r in table.rows
