@@ -19,19 +19,23 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from lafite.atomic import atomic_write
 from lafite.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def save_atomic(state: dict[str, Any], path: Path) -> Path:
     """Write ``state`` to ``path`` so that a reader sees either the old file or the new one."""
+    import torch
+
     path = atomic_write(path, lambda handle: torch.save(state, handle))
     # The rename is durable only once the folder entry is on disk.
     try:
@@ -112,6 +116,8 @@ def read_weights_only(path: Path, map_location: str | torch.device = "cpu", **kw
     file about to be refused or read anyway)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        import torch
+
         return torch.load(path, map_location=map_location, weights_only=True, **kwargs)
 
 
@@ -199,6 +205,8 @@ def checkpoint_problem(path: Path, size: int | None = None, sha256: str | None =
 
 def capture_rng_states() -> dict[str, Any]:
     """The global torch, CUDA, NumPy and Python RNG states, as tensors and numbers."""
+    import torch
+
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     py_version, py_internal, py_gauss = random.getstate()
     state: dict[str, Any] = {
@@ -224,6 +232,8 @@ def capture_rng_states() -> dict[str, Any]:
 
 def restore_rng_states(state: dict[str, Any]) -> None:
     """Inverse of :func:`capture_rng_states`."""
+    import torch
+
     torch.set_rng_state(state["torch"].cpu())
     numpy_state = state["numpy"]
     np.random.set_state(
