@@ -45,6 +45,9 @@ def _workspace(ctx: click.Context) -> Workspace:
 def _check_tracking(tracking_uri: str | None) -> None:
     """Stop in seconds, before any work, when the tracking server named by --tracking-uri or
     $MLFLOW_TRACKING_URI does not answer (MLflow itself retries for minutes)."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if not uri.startswith(("http://", "https://")):
+        return  # a local store: nothing to reach, and no reason to import MLflow here
     from lafite.tracking import check_server
 
     check_server(tracking_uri)

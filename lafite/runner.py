@@ -398,11 +398,15 @@ def run_spec(
     run, unless ``retrain_damaged``: then its run folder is moved aside, its MLflow run marked
     damaged, and it is trained again from scratch under a new MLflow run.
     """
-    from lafite.tracking import FAILED, FINISHED, KILLED, Tracker
-
     console = console or Console(stderr=True, quiet=quiet)
     full = make_plan(spec, scale, seeds, rows, extra)
     preflight(full, workspace)
+    if not verify and not retrain_damaged:
+        done = finished_without_mlflow(full, workspace, tracking_uri)
+        if done is not None:
+            return done
+    from lafite.tracking import FAILED, FINISHED, KILLED, Tracker
+
     tracker = Tracker(workspace, tracking_uri)
     tracker.check()
     summary = Summary(spec.id, scale)
@@ -626,6 +630,28 @@ class Damaged:
     run_id: str
     path: Path
     problem: str
+
+
+def finished_without_mlflow(full: FullPlan, workspace: Workspace,
+                            tracking_uri: str | None) -> Summary | None:
+    """The summary of a table whose every planned run is recorded finished with a sound final
+    checkpoint, read from the workspace's sqlite store without MLflow (a finished table re-runs
+    in about a second); None when that is not so or cannot be told here: the full path decides.
+    """
+    from lafite.checkpoint import CHECKPOINT_NAME, checkpoint_problem
+    from lafite.run_records import finished_runs
+
+    records = finished_runs(workspace, tracking_uri, full.spec.id, [r.hash for r in full.runs])
+    if records is None or any(run.hash not in records for run in full.runs):
+        return None
+    for run in full.runs:
+        record = records[run.hash]
+        path = Path(record.final_checkpoint or workspace.runs_dir / run.hash / CHECKPOINT_NAME)
+        if checkpoint_problem(path, record.checkpoint_size, record.checkpoint_sha256 or None):
+            return None
+    summary = Summary(full.spec.id, full.scale)
+    summary.outcomes = [RunOutcome(run, "skipped", records[run.hash].run_id) for run in full.runs]
+    return summary
 
 
 def find_damaged(full: FullPlan, tracker: Any, workspace: Workspace,

@@ -33,36 +33,42 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lafite.errors import UserError
 from lafite.locks import exclusive
+from lafite.run_records import (  # noqa: F401  (re-exported: the tracking API)
+    FAILED,
+    FINISHED,
+    KILLED,
+    RUNNING,
+    TAG_CHECKPOINT,
+    TAG_CHECKPOINT_SHA256,
+    TAG_CHECKPOINT_SIZE,
+    TAG_DAMAGED,
+    TAG_GIT,
+    TAG_HARDWARE,
+    TAG_HASH,
+    TAG_PARENT,
+    TAG_ROLE,
+    TAG_ROW,
+    TAG_RUN_DIR,
+    TAG_SCALE,
+    TAG_SEED,
+    TAG_SPEC,
+    RunRecord,
+    default_uri,
+    record_from_tags,
+)
 from lafite.workspace import Workspace
-
-# Tag names; "lafite." keeps them apart from MLflow's own "mlflow." tags.
-TAG_SPEC = "lafite.spec"
-TAG_SCALE = "lafite.scale"
-TAG_ROLE = "lafite.role"
-TAG_ROW = "lafite.row"
-TAG_SEED = "lafite.seed"
-TAG_HASH = "lafite.config_hash"
-TAG_GIT = "lafite.git_commit"
-TAG_HARDWARE = "lafite.hardware"
-TAG_CHECKPOINT = "lafite.final_checkpoint"
-TAG_CHECKPOINT_SIZE = "lafite.final_checkpoint.size"
-TAG_CHECKPOINT_SHA256 = "lafite.final_checkpoint.sha256"
-TAG_DAMAGED = "lafite.damaged"
-TAG_RUN_DIR = "lafite.run_dir"
-TAG_PARENT = "mlflow.parentRunId"
 
 MAX_PARAM_CHARS = 500  # MLflow rejects longer param values
 _PARAMS_PER_BATCH = 100
@@ -70,15 +76,6 @@ _METRICS_PER_BATCH = 1000
 _VERSIONED_PACKAGES = ("lafite-repro", "torch", "torchvision", "open_clip_torch", "mlflow",
                        "torch-fidelity", "numpy", "optuna")
 
-FINISHED = RunStatus.to_string(RunStatus.FINISHED)
-RUNNING = RunStatus.to_string(RunStatus.RUNNING)
-FAILED = RunStatus.to_string(RunStatus.FAILED)
-KILLED = RunStatus.to_string(RunStatus.KILLED)
-
-
-def default_uri(workspace: Workspace, tracking_uri: str | None = None) -> str:
-    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else the workspace's sqlite store."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace.mlflow_db}"
 
 
 # MLflow's own client retries an unreachable server for minutes (backoff) before it fails, so
@@ -127,20 +124,6 @@ def _reason(exc: object) -> str:
     if isinstance(exc, TimeoutError):
         return "no answer within the timeout"
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """What the store knows about one child run."""
-
-    run_id: str
-    status: str
-    config_hash: str
-    row: str
-    seed: int
-    final_checkpoint: str = ""
-    checkpoint_size: int | None = None  # None: finished before sizes were recorded
-    checkpoint_sha256: str = ""
 
 
 class Tracker:
@@ -446,18 +429,7 @@ class Tracker:
 
 
 def _record(run: Any) -> RunRecord:
-    tags = run.data.tags
-    size = tags.get(TAG_CHECKPOINT_SIZE, "")
-    return RunRecord(
-        run_id=run.info.run_id,
-        status=run.info.status,
-        config_hash=tags.get(TAG_HASH, ""),
-        row=tags.get(TAG_ROW, ""),
-        seed=int(tags.get(TAG_SEED, "0")),
-        final_checkpoint=tags.get(TAG_CHECKPOINT, ""),
-        checkpoint_size=int(size) if size.isdigit() else None,
-        checkpoint_sha256=tags.get(TAG_CHECKPOINT_SHA256, ""),
-    )
+    return record_from_tags(run.info.run_id, run.info.status, run.data.tags)
 
 
 def _param_value(value: Any) -> str:

@@ -344,3 +344,30 @@ def test_cli_run_reports_damage_with_exit_2_and_retrains_with_the_flag(workspace
     result = cli.invoke(main, [*args, "--retrain-damaged", "--verify"])
     assert result.exit_code == 0, result.output
     assert "1 retrained" in result.output
+
+
+def test_a_finished_table_reruns_without_mlflow_or_torch(workspace, fake_training):
+    from lafite.tracking import Tracker
+
+    first = _run_g(workspace)
+    full = runner.make_plan(spec_mod.find("table5"), "smoke", 1, ["LAFITE_G"], None)
+    fast = runner.finished_without_mlflow(full, workspace, None)
+    record = Tracker(workspace).find_child("table5", full.runs[0].hash)
+    assert [(o.status, o.run_id) for o in fast.outcomes] == [("skipped", record.run_id)]
+    assert record.run_id == first.outcomes[0].run_id
+    # A row not yet run, or a server store, is not answered here: MLflow decides.
+    everything = runner.make_plan(spec_mod.find("table5"), "smoke", 1, None, None)
+    assert runner.finished_without_mlflow(everything, workspace, None) is None
+    assert runner.finished_without_mlflow(full, workspace, "http://127.0.0.1:9") is None
+    script = (
+        "import sys\n"
+        "from lafite import runner, spec\n"
+        "from lafite.workspace import Workspace\n"
+        f"s = runner.run_spec(spec.find('table5'), 'smoke', Workspace.resolve({str(workspace.root)!r}),"
+        " rows=['LAFITE_G'], seeds=1, quiet=True)\n"
+        "print([o.status for o in s.outcomes], 'mlflow' in sys.modules, 'torch' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.stdout.strip() == "['skipped'] False False", done.stderr[-2000:]
