@@ -1,4 +1,4 @@
-"""nox sessions: ``tests`` (the default), ``lint`` and ``demo``.
+"""nox sessions: ``tests`` (the default), ``oldest``, ``lint`` and ``demo``.
 
 Python is pinned to 3.11: the only local torch 2.14.1 wheels are cp311 (see
 reference/tooling-facts.md section 6). Virtualenvs are reused between runs because a fresh
@@ -15,7 +15,15 @@ nox.options.sessions = ["tests"]
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
     """The test suite as CI runs it (slow checks: ``nox -s tests -- -m slow``)."""
-    session.install("-e", ".[test]")
+    session.install("-c", ".ci/constraints.txt", "-e", ".[test]")
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session(python="3.11")
+def oldest(session: nox.Session) -> None:
+    """The test suite on the oldest torch, torchvision and open_clip pyproject.toml allows
+    (.ci/oldest.txt; CUDA builds from PyPI, several GB)."""
+    session.install("-c", ".ci/oldest.txt", "-e", ".[test]")
     session.run("pytest", "-q", *session.posargs)
 
 
