@@ -140,8 +140,7 @@ def show(ctx: click.Context, table: str | None, scale: str | None, study: str | 
     out.print(f"[bold]{spec.id}[/bold]: {spec.title} ({ref})")
     if spec.notes:
         out.print(spec.notes.strip())
-    arrows = {True: " ↑", False: " ↓", None: ""}
-    grid = Table("row", *(f"{m.label or m.name}{arrows[m.higher_is_better]}" for m in spec.metrics),
+    grid = Table("row", *(f"{m.label or m.name} {m.arrow}".rstrip() for m in spec.metrics),
                  title="the paper's numbers, as printed")
     for row in spec.rows:
         label = row.name + (" (reference)" if row.reference else "")

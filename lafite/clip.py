@@ -230,15 +230,19 @@ def load_clip(
         folder = world_clip_dir(workspace, resolution, seed=clip_cfg.world_seed,
                                 model_cfg=world_clip_config(resolution, patch))
         if not (folder / WORLD_CLIP_WEIGHTS).is_file():
-            patch_flag = f" --patch-size {patch}" if patch else ""
             raise UserError(
                 f"The world's small CLIP for resolution {resolution} (seed {clip_cfg.world_seed}"
                 f"{f', patch size {patch}' if patch else ''}) is not trained yet (expected "
-                f"{folder / WORLD_CLIP_WEIGHTS}). Run `lafite-repro clip pretrain --resolution "
-                f"{resolution}{patch_flag}` first."
+                f"{folder / WORLD_CLIP_WEIGHTS}). Run `{_pretrain_command(resolution, patch)}` first."
             )
         return load_world_clip(folder, device)
     return load_open_clip(clip_cfg.name, clip_cfg.pretrained, device)
+
+
+def _pretrain_command(resolution: int, patch_size: int) -> str:
+    """The command that trains the world CLIP a message says is missing."""
+    patch = f" --patch-size {patch_size}" if patch_size else ""
+    return f"lafite-repro clip pretrain --resolution {resolution}{patch}"
 
 
 def load_open_clip(name: str, pretrained: str, device: str | torch.device = "cpu") -> ClipEncoder:
@@ -826,10 +830,9 @@ def world_clip_report(
     folder = world_clip_dir(workspace, resolution, seed, model_cfg, training)
     meta_file = folder / "meta.json"
     if not meta_file.is_file():
-        patch_flag = f" --patch-size {patch_size}" if patch_size else ""
         raise UserError(
             f"The world's small CLIP for resolution {resolution} is not trained yet ({folder}). "
-            f"Run `lafite-repro clip pretrain --resolution {resolution}{patch_flag}`."
+            f"Run `{_pretrain_command(resolution, patch_size)}`."
         )
     meta = json.loads(meta_file.read_text())
     metrics = meta["metrics"]

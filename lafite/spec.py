@@ -64,6 +64,11 @@ class MetricSpec:
     def ranked(self) -> bool:
         return self.higher_is_better is not None
 
+    @property
+    def arrow(self) -> str:
+        """"↑", "↓", or "" for a property."""
+        return {True: "↑", False: "↓", None: ""}[self.higher_is_better]
+
 
 @dataclass(frozen=True)
 class ScaleSpec:

@@ -23,10 +23,6 @@ class MetricInfo:
     higher_is_better: bool | None
     description: str
 
-    @property
-    def ranked(self) -> bool:
-        return self.higher_is_better is not None
-
 
 FID_RADII = (0, 1, 2, 4, 8)
 

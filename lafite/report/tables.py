@@ -168,9 +168,7 @@ class MetricColumn:
 
     @property
     def arrow(self) -> str:
-        if not self.spec.ranked:
-            return ""
-        return "↑" if self.spec.higher_is_better else "↓"
+        return self.spec.arrow
 
 
 @dataclass
