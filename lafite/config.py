@@ -73,6 +73,10 @@ class DataConfig:
     # VinVL captions of the training images). At most one; empty = the dataset's captions.
     captions_job: str = ""
     captions_file: str = ""
+    # Real data: leave out images that cannot be read and items a dataset's files name but do
+    # not hold (a caption JSON naming a missing image, a damaged shard), counting them in a
+    # warning, instead of stopping with a message naming them (`data check --skip-corrupt`).
+    skip_corrupt: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,8 +214,22 @@ class TrainConfig:
     ema_kimg: float = 20.0
     ema_rampup: float = 0.05
     seed: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # "fp32"; "bf16" autocast (CPU or CUDA); "fp16": the official mixed precision, CUDA only
+    # (fp16 in the ``fp16_blocks`` highest-resolution blocks of G and D, activations clamped to
+    # +-``conv_clamp``); "auto": bf16 where this machine runs it fast (a CUDA device with bf16,
+    # or a CPU with native bf16 whose measured step kernels are faster in it), else fp32. What
+    # "auto" resolved to is pinned in the run's checkpoint, so a resumed run keeps it
+    # (lafite.precision). The spec's mini and smoke scales say "auto".
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    fp16_blocks: int = 4
+    conv_clamp: float = 256.0
     channels_last: bool = True
+    # torch.compile the networks' main passes (not the R1 / path-length passes, whose double
+    # backward it does not support). Pays on CUDA; on a CPU its compile time rarely comes back.
+    compile: bool = False
+    # DataLoader worker processes that prepare each step's real images ahead of the step (0: in
+    # the training process); on CUDA their batches come in pinned memory.
+    workers: int = 0
     # "d-first" (Algorithm 1) or "g-first" (official phase order).
     update_order: Literal["d-first", "g-first"] = "d-first"
     checkpoint_kimg: float = 200.0
@@ -566,6 +584,9 @@ _RANGES: dict[str, _Range] = {
     "train.checkpoint_kimg": _at_least(0, "0 = a checkpoint at the end only"),
     "train.eval_kimg": _at_least(0, "0 = an evaluation at the end only"),
     "train.log_every": _at_least(1, "steps between logged losses"),
+    "train.fp16_blocks": _at_least(0, "highest-resolution blocks of G and D in fp16"),
+    "train.conv_clamp": _at_least(0, "0 = no clamp of fp16 activations"),
+    "train.workers": _at_least(0, "0 = images prepared in the training process"),
     "eval.n_samples": _at_least(1, "generated images per evaluation"),
     "eval.fid_k": _Range(0, 8, False, "blur radii in pixels"),
     "eval.batch": _at_least(1, "images per evaluation batch"),

@@ -12,7 +12,9 @@ explicit all-reduce keeps the arithmetic identical for 1 and N processes.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -152,3 +154,45 @@ __all__ = [
     "resolve_device",
     "shutdown",
 ]
+
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
+_retained = False
+
+
+def retain_freed_memory(enabled: bool = True) -> bool:
+    """Keep memory freed by torch in this process for reuse (glibc only; True when set).
+
+    By default glibc serves every allocation above 32 MiB with its own ``mmap`` and returns it
+    to the kernel on ``free``, so each large activation of a training step (134 MB for 128
+    channels at 256 px, batch 4) is faulted in again page by page and zeroed by the kernel:
+    about a quarter of the official code's CPU time at 256 px. Serving everything from the heap
+    and never trimming it makes a freed activation's pages reusable at once (measured: no page
+    faults and 4.7x faster on an elementwise op of that size). The cost is that the process
+    keeps its peak memory until it exits. Process-wide and idempotent; numerics are unchanged.
+    ``enabled=False`` goes back to mmap for large blocks (the benchmark's plain step).
+    """
+    global _retained
+    if _retained == enabled:
+        return _retained
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, ...): leave the allocator alone
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    if enabled:
+        _retained = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD,
+                                                                   2**31 - 1))
+    else:
+        mallopt(_M_MMAP_MAX, 65536)
+        mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's dynamic threshold at its ceiling
+        mallopt(_M_TRIM_THRESHOLD, 128 << 10)
+        libc.malloc_trim(0)
+        _retained = False
+    return _retained

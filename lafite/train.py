@@ -151,6 +151,9 @@ class TrainCallbacks:
     on_checkpoint: Callable[[Path], None] | None = None
     evaluate: Callable[[nn.Module, float], dict[str, Any]] | None = None
     on_step: Callable[[int], None] | None = None
+    # Tags for the run's record (MLflow), e.g. the precision ``train.precision: auto`` resolved
+    # to on this machine and why; called once per (re)start, on the main process.
+    on_tags: Callable[[dict[str, str]], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,20 @@ class TrainingImages:
             images = images.clone()
             images[flip] = images[flip].flip(-1)
         return images
+
+
+class _StepImages(torch.utils.data.Dataset):
+    """Item ``step``: this rank's uint8 real images of that step (what a DataLoader worker
+    prepares ahead of the step; the order is the sampler's, a pure function of the step)."""
+
+    def __init__(self, images: TrainingImages, sampler: GlobalBatchSampler, batch: int,
+                 rank: int, world_size: int):
+        self.images, self.sampler, self.batch = images, sampler, batch
+        self.rank, self.world_size = rank, world_size
+
+    def __getitem__(self, step: int) -> tuple[int, torch.Tensor]:
+        indices = self.sampler.take(step * self.batch, self.batch)
+        return step, self.images.batch(indices[self.rank :: self.world_size])
 
 
 # -- the run state -----------------------------------------------------------------------------
@@ -319,16 +336,37 @@ class StepRunner:
     """
 
     def __init__(self, cfg: RunConfig, G: nn.Module, D: nn.Module, clip: Any,
-                 ctx: ddp.DistContext, noise: torch.Generator):
+                 ctx: ddp.DistContext, noise: torch.Generator, precision: str | None = None):
         self.cfg, self.G, self.D, self.clip, self.ctx, self.noise = cfg, G, D, clip, ctx, noise
         self.device = ctx.device
+        # The concrete precision (fp32, bf16, fp16); None: resolve train.precision here
+        # (lafite.precision; the trainer passes the one pinned in the run's checkpoint).
+        if precision is None:
+            from lafite.precision import resolve
+
+            precision = resolve(cfg, self.device).precision
+        self.precision = precision
+        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        if precision == "fp16":
+            G.set_fp16(cfg.train.fp16_blocks, cfg.train.conv_clamp)
+            D.set_fp16(cfg.train.fp16_blocks, cfg.train.conv_clamp)
+        if self.device.type == "cpu":
+            ddp.retain_freed_memory()
         self.G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+        # D sees real and generated images in one stacked pass (same logits, faster).
+        self.stack_real_fake = True
+        # The main passes may run compiled; R1 and path length differentiate twice, which
+        # torch.compile does not support, so they always run the eager modules.
+        self.G_main: nn.Module = G
+        self.D_main: nn.Module = D
+        if cfg.train.compile:
+            self.G_main = torch.compile(G)
+            self.D_main = torch.compile(D)
         loss = cfg.loss
         self.pl_on = loss.pl_weight > 0 and loss.pl_interval > 0
         self.r1_on = loss.r1_gamma > 0 and loss.r1_interval > 0
         self.opt_G = _lazy_adam(G.parameters(), cfg.train.lr_g, loss.pl_interval, self.pl_on)
         self.opt_D = _lazy_adam(D.parameters(), cfg.train.lr_d, loss.r1_interval, self.r1_on)
-        self.autocast_dtype = torch.bfloat16 if cfg.train.precision == "bf16" else None
         self.pl_mean = torch.zeros([], device=self.device)
         self.ema_rampup = True
         # Gradients are summed over ranks for summed losses and averaged for averaged ones, so
@@ -397,52 +435,77 @@ class StepRunner:
     # -- phases --------------------------------------------------------------------------------
     def d_phase(self, images: torch.Tensor, cond: torch.Tensor, regularise: bool) -> dict[str, Any]:
         """Eq. 8 on (local) real images and fakes; then R1 when ``regularise``. Returns terms."""
+        out: dict[str, Any] = {"D": self.d_main(images, cond)}
+        if regularise:
+            out["R1"] = self.d_reg(images, cond)
+        return out
+
+    def d_main(self, images: torch.Tensor, cond: torch.Tensor) -> dict[str, torch.Tensor]:
+        """D's update on Eq. 8 (real images and fakes of this phase's own z)."""
         cfg = self.cfg
         local_cond = self.local(cond)
-        out: dict[str, Any] = {}
         self.G.requires_grad_(False)
         self.D.requires_grad_(True)
         self.opt_D.zero_grad(set_to_none=True)
         z = self._z(len(cond))
         with self._autocast():
             with torch.no_grad():
-                fake = self.G(z, local_cond, mixing_prob=cfg.loss.style_mixing)
-            real_logit, real_sem = self.D(images, local_cond)
-            fake_logit, _ = self.D(fake, local_cond)
+                fake = self.G_main(z, local_cond, mixing_prob=cfg.loss.style_mixing)
+            if self.stack_real_fake:
+                n = len(images)
+                both = torch.cat([images, fake.to(images.dtype)])
+                logits, semantic = self.D_main(both, torch.cat([local_cond, local_cond]),
+                                               chunks=2)
+                real_logit, fake_logit, real_sem = logits[:n], logits[n:], semantic[:n]
+            else:
+                real_logit, real_sem = self.D_main(images, local_cond)
+                fake_logit, _ = self.D_main(fake, local_cond)
         terms = losses.discriminator_loss(
             real_logit=real_logit.float(), fake_logit=fake_logit.float(),
             real_semantic=self._gathered(real_sem.float()), cond=self._gathered(local_cond),
             cfg=cfg.loss, contrastive_scale=self.contrastive_scale)
-        out["D"] = terms
         terms["total"].backward()
         self._sync(self.D)
         self.opt_D.step()
-        if regularise:
-            self.opt_D.zero_grad(set_to_none=True)
-            real = images.detach().requires_grad_(True)
-            with self._autocast():
-                logit, _ = self.D(real, local_cond)
-            reg = losses.r1_penalty(real, logit.float(), cfg.loss.r1_gamma,
-                                    reduction=cfg.loss.reduction, interval=cfg.loss.r1_interval)
-            out["R1"] = reg
-            reg["total"].backward()
-            self._sync(self.D)
-            self.opt_D.step()
         self.D.requires_grad_(False)
-        return out
+        return terms
+
+    def d_reg(self, images: torch.Tensor, cond: torch.Tensor) -> dict[str, torch.Tensor]:
+        """D's lazy R1 update (gain ``loss.r1_interval``) on the real images."""
+        cfg = self.cfg
+        local_cond = self.local(cond)
+        self.G.requires_grad_(False)
+        self.D.requires_grad_(True)
+        self.opt_D.zero_grad(set_to_none=True)
+        real = images.detach().requires_grad_(True)
+        with self._autocast():
+            logit, _ = self.D(real, local_cond)
+        reg = losses.r1_penalty(real, logit.float(), cfg.loss.r1_gamma,
+                                reduction=cfg.loss.reduction, interval=cfg.loss.r1_interval)
+        reg["total"].backward()
+        self._sync(self.D)
+        self.opt_D.step()
+        self.D.requires_grad_(False)
+        return reg
 
     def g_phase(self, cond: torch.Tensor, regularise: bool) -> dict[str, Any]:
         """Eq. 9 on fakes (L_ConG on CLIP of a random crop); then path length when asked."""
+        out: dict[str, Any] = {"G": self.g_main(cond)}
+        if regularise:
+            out["PL"] = self.g_reg(cond)
+        return out
+
+    def g_main(self, cond: torch.Tensor) -> dict[str, torch.Tensor]:
+        """G's update on Eq. 9."""
         cfg = self.cfg
         local_cond = self.local(cond)
-        out: dict[str, Any] = {}
         self.G.requires_grad_(True)
         self.D.requires_grad_(False)
         self.opt_G.zero_grad(set_to_none=True)
         z = self._z(len(cond))
         with self._autocast():
-            fake = self.G(z, local_cond, mixing_prob=cfg.loss.style_mixing)
-            fake_logit, fake_sem = self.D(fake, local_cond)
+            fake = self.G_main(z, local_cond, mixing_prob=cfg.loss.style_mixing)
+            fake_logit, fake_sem = self.D_main(fake, local_cond)
             clip_feat = None
             if cfg.loss.con_g and cfg.loss.lambda_ != 0:
                 clip_feat = self.clip.encode_generated(fake, cfg.clip.gen_crop_min,
@@ -452,25 +515,31 @@ class StepRunner:
             clip_features=self._gathered(None if clip_feat is None else clip_feat.float()),
             cond=self._gathered(local_cond), cfg=cfg.loss,
             contrastive_scale=self.contrastive_scale)
-        out["G"] = terms
         terms["total"].backward()
         self._sync(self.G)
         self.opt_G.step()
-        if regularise:
-            self.opt_G.zero_grad(set_to_none=True)
-            global_half = max(self.ctx.world_size, len(cond) // losses.PL_BATCH_SHRINK)
-            z = self._z(global_half)
-            with self._autocast():
-                reg, self.pl_mean = losses.path_length_penalty(
-                    self.G, z, local_cond[: len(z)], self.pl_mean, cfg.loss.pl_weight,
-                    mixing_prob=cfg.loss.style_mixing, reduction=cfg.loss.reduction,
-                    interval=cfg.loss.pl_interval)
-            out["PL"] = reg
-            reg["total"].backward()
-            self._sync(self.G)
-            self.opt_G.step()
         self.G.requires_grad_(False)
-        return out
+        return terms
+
+    def g_reg(self, cond: torch.Tensor) -> dict[str, torch.Tensor]:
+        """G's lazy path-length update (gain ``loss.pl_interval``) on half the batch."""
+        cfg = self.cfg
+        local_cond = self.local(cond)
+        self.G.requires_grad_(True)
+        self.D.requires_grad_(False)
+        self.opt_G.zero_grad(set_to_none=True)
+        global_half = max(self.ctx.world_size, len(cond) // losses.PL_BATCH_SHRINK)
+        z = self._z(global_half)
+        with self._autocast():
+            reg, self.pl_mean = losses.path_length_penalty(
+                self.G, z, local_cond[: len(z)], self.pl_mean, cfg.loss.pl_weight,
+                mixing_prob=cfg.loss.style_mixing, reduction=cfg.loss.reduction,
+                interval=cfg.loss.pl_interval)
+        reg["total"].backward()
+        self._sync(self.G)
+        self.opt_G.step()
+        self.G.requires_grad_(False)
+        return reg
 
     def iteration(self, step: int, images: torch.Tensor, cond: torch.Tensor,
                   cur_nimg: int) -> dict[str, dict[str, torch.Tensor]]:
@@ -599,7 +668,42 @@ class _Trainer:
                                               cfg.pseudo_text_probability)
         self.noise = torch.Generator()
         self.noise.manual_seed(cfg.train.seed)
-        self.runner = StepRunner(cfg, G, D, self.clip, self.ctx, self.noise)
+        self.precision = self._resolve_precision()
+        self.runner = StepRunner(cfg, G, D, self.clip, self.ctx, self.noise,
+                                 precision=self.precision.precision)
+        if self.ctx.is_main and self.callbacks.on_tags:
+            self.callbacks.on_tags({"lafite.precision": self.precision.precision,
+                                    "lafite.precision_reason": self.precision.reason[:500]})
+
+    def _resolve_precision(self) -> Any:
+        """The concrete precision of this run: the one pinned in its checkpoint when resuming
+        (so that a run never changes precision halfway, whatever machine resumes it), else
+        ``train.precision`` resolved here (lafite.precision); rank 0's answer for every rank."""
+        from lafite.precision import Resolved, resolve
+
+        pinned = None
+        if self.checkpoint_path.exists():
+            try:
+                saved = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True,
+                                   mmap=True)
+                if saved.get("precision"):
+                    pinned = Resolved(str(saved["precision"]),
+                                      str(saved.get("precision_reason", "")))
+            except Exception:  # unreadable: _resume reports it
+                pinned = None
+        if pinned is None:
+            resolved = resolve(self.cfg, self.device)
+        else:
+            resolved = pinned
+            if self.cfg.train.precision == "auto":
+                here = resolve(self.cfg, self.device)
+                if here.precision != pinned.precision:
+                    warnings.warn(
+                        f"{self.checkpoint_path}: this run started in {pinned.precision} "
+                        f"(train.precision auto on the machine it started on: {pinned.reason}) "
+                        f"and resumes in {pinned.precision}; on this machine auto would choose "
+                        f"{here.precision} ({here.reason})", stacklevel=2)
+        return ddp.all_gather_objects(resolved, self.ctx)[0]
 
     def _inference_model(self) -> Any | None:
         if self.cfg.perturb.kind != "nn":
@@ -653,6 +757,9 @@ class _Trainer:
             "world_size": self.ctx.world_size,
             "pl_mean": r.pl_mean.detach().cpu(),
             "ema_rampup": r.ema_rampup,
+            # What train.precision resolved to when the run started (kept on resumption).
+            "precision": self.precision.precision,
+            "precision_reason": self.precision.reason,
         }
 
     def _write_checkpoint(self) -> None:
@@ -749,10 +856,29 @@ class _Trainer:
             assert txt_feat is not None
             img_feat = torch.zeros_like(txt_feat)
         cond = self.condition_maker(img_feat, txt_feat, self.noise, paired).float().to(device)
-        images = self.images.batch(self.runner.local(indices)).to(device).float() / 127.5 - 1
+        if cfg.train.workers > 0:
+            step, images = next(self._image_stream())
+            assert step == self.state.step, (step, self.state.step)
+            images = images.to(device, non_blocking=True)
+        else:
+            images = self.images.batch(self.runner.local(indices)).to(device)
+        images = images.float() / 127.5 - 1
         if cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, cond
+
+    def _image_stream(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """(step, this rank's uint8 images) from ``train.workers`` DataLoader workers, from the
+        current step on, in pinned memory on CUDA so the copy to the device overlaps."""
+        if getattr(self, "_images_from", None) is None:
+            batches = _StepImages(self.images, self.sampler, self.cfg.train.batch,
+                                  self.ctx.rank, self.ctx.world_size)
+            loader = torch.utils.data.DataLoader(
+                batches, sampler=range(self.state.step, _total_steps(self.cfg)), batch_size=None,
+                num_workers=self.cfg.train.workers, pin_memory=self.device.type == "cuda",
+                prefetch_factor=2)
+            self._images_from = iter(loader)
+        return self._images_from
 
     def _text_batch(self, base: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """One random caption feature per image, and which images are paired (keep their

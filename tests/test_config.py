@@ -34,7 +34,7 @@ def test_hash_is_stable_and_sensitive():
     ("updates", "fragment"),
     [
         ({"loss.lamda": 1}, "unknown key 'loss.lamda'"),
-        ({"train.precision": "fp16"}, "'train.precision' must be one of"),
+        ({"train.precision": "fp8"}, "'train.precision' must be one of"),
         ({"loss.con_g": "yes"}, "'loss.con_g' must be true or false"),
         ({"train.batch": 2.5}, "'train.batch' must be an integer"),
         ({"loss.tau.x": 1}, "is a value, not a section"),

@@ -32,8 +32,18 @@ class DiscriminatorBlock(nn.Module):
         self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, activation="lrelu")
         self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, activation="lrelu", down=2)
         self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2)
+        # The official mixed precision (Discriminator.set_fp16): this block in fp16 on CUDA.
+        self.fp16 = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp16 and x.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                return self._forward(x)
+        if x.dtype == torch.float16:  # leaving the fp16 blocks
+            x = x.float()
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fromrgb is not None:
             x = self.fromrgb(x)
         y = self.skip(x, gain=SQRT_HALF)
@@ -41,11 +51,15 @@ class DiscriminatorBlock(nn.Module):
         return y + x
 
 
-def minibatch_stddev(x: torch.Tensor, group_size: int) -> torch.Tensor:
+def minibatch_stddev(x: torch.Tensor, group_size: int, chunks: int = 1) -> torch.Tensor:
     """Append one channel: the feature std across a group of samples (StyleGAN2, 1 channel).
 
     The group is the largest divisor of the batch not above ``group_size``, so any batch works.
+    ``chunks`` > 1: the batch is that many batches stacked (real and fake images in one pass),
+    each grouped on its own exactly as if it had been passed alone.
     """
+    if chunks > 1:
+        return torch.cat([minibatch_stddev(part, group_size) for part in x.chunk(chunks)])
     n, c, h, w = x.shape
     group = math.gcd(n, max(1, group_size))
     y = x.float().reshape(group, n // group, c, h, w)
@@ -85,23 +99,39 @@ class Discriminator(nn.Module):
         self.f_s = FullyConnected(ch4, cond_dim) if cfg.d_semantic_head else None
         self.channels_last = False
 
+    def set_fp16(self, blocks: int, conv_clamp: float | None) -> Discriminator:
+        """The official mixed precision: the ``blocks`` highest-resolution blocks in fp16 on
+        CUDA, and with ``blocks > 0`` every conv's activations clamped (see Generator)."""
+        clamp = conv_clamp if blocks > 0 and conv_clamp else None
+        for i, block in enumerate(self.blocks):
+            block.fp16 = i < blocks
+        for module in self.modules():
+            if isinstance(module, Conv2dLayer):
+                module.conv_clamp = clamp
+        return self
+
     def set_channels_last(self, enabled: bool = True) -> Discriminator:
         """Run the backbone in channels_last (faster convs on CPU with oneDNN and on GPUs)."""
         self.channels_last = enabled
         return self
 
-    def features(self, img: torch.Tensor) -> torch.Tensor:
+    def features(self, img: torch.Tensor, chunks: int = 1) -> torch.Tensor:
         """The shared 512-d (ch at 4x4) feature both heads read."""
         if self.channels_last:
             img = img.contiguous(memory_format=torch.channels_last)
-        x = self.blocks(img)
+        x = self.blocks(img).float() if any(b.fp16 for b in self.blocks) else self.blocks(img)
         if self.mbstd_group > 0:
-            x = minibatch_stddev(x, self.mbstd_group)
+            x = minibatch_stddev(x, self.mbstd_group, chunks)
         x = self.conv(x)
         return self.fc(x.flatten(1))
 
-    def forward(self, img: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.features(img)
+    def forward(
+        self, img: torch.Tensor, cond: torch.Tensor, chunks: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``chunks`` > 1: ``img`` is that many batches stacked (real and generated images in
+        one pass, which runs faster than two); each gets the same logits as if passed alone
+        (minibatch std and the batch-summed semantic term stay within a chunk)."""
+        h = self.features(img, chunks)
         logit = self.f_d(h).squeeze(1).float()
         cond = cond.float()
         if self.f_s is None:
@@ -111,7 +141,8 @@ class Discriminator(nn.Module):
             semantic = F.normalize(semantic, dim=1)
         inner = (semantic * cond).sum(dim=1)
         if self.cfg.d_semantic == "batch-sum":
-            inner = inner.sum().expand_as(logit)
+            per_chunk = inner.reshape(chunks, -1)
+            inner = per_chunk.sum(dim=1, keepdim=True).expand_as(per_chunk).reshape(-1)
         return logit + inner, semantic
 
 

@@ -185,6 +185,7 @@ class SynthesisLayer(nn.Module):
         self.noise_strength = nn.Parameter(torch.zeros([]))
         self.register_buffer("noise_const", torch.randn(resolution, resolution))
         self.modconv: ModConvImpl = DEFAULT_MODCONV
+        self.conv_clamp: float | None = None
 
     def forward(
         self, x: torch.Tensor, w: torch.Tensor, cond: torch.Tensor, noise_mode: NoiseMode
@@ -199,7 +200,7 @@ class SynthesisLayer(nn.Module):
         elif noise_mode == "const":
             x = x + (self.noise_const * self.noise_strength).to(x.dtype)
         x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
-        return activate(x, "lrelu")
+        return activate(x, "lrelu", clamp=self.conv_clamp)
 
 
 class ToRGBLayer(nn.Module):
@@ -214,11 +215,13 @@ class ToRGBLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(3))
         self.weight_gain = 1.0 / math.sqrt(in_channels)
         self.modconv: ModConvImpl = DEFAULT_MODCONV
+        self.conv_clamp: float | None = None
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         styles = self.style(w, cond) * self.weight_gain
         x = modulated_conv2d(x, self.weight, styles, demodulate=False, impl=self.modconv)
-        return x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
+        x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
+        return x if self.conv_clamp is None else x.clamp(-self.conv_clamp, self.conv_clamp)
 
 
 class SynthesisBlock(nn.Module):
@@ -247,8 +250,24 @@ class SynthesisBlock(nn.Module):
         self.torgb = ToRGBLayer(out_channels, **kw)
         # ws consumed: conv layers, then ToRGB shares its w with the next block's first conv.
         self.num_conv = 1 if resolution == 4 else 2
+        # The official mixed precision (Generator.set_fp16): this block's layers in fp16 on CUDA.
+        self.fp16 = False
 
     def forward(
+        self,
+        x: torch.Tensor | None,
+        img: torch.Tensor | None,
+        ws: torch.Tensor,
+        cond: torch.Tensor,
+        noise_mode: NoiseMode,
+        memory_format: torch.memory_format,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fp16 and ws.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                return self._forward(x, img, ws, cond, noise_mode, memory_format)
+        return self._forward(x, img, ws, cond, noise_mode, memory_format)
+
+    def _forward(
         self,
         x: torch.Tensor | None,
         img: torch.Tensor | None,
@@ -268,7 +287,11 @@ class SynthesisBlock(nn.Module):
         rgb = self.torgb(x, ws[:, self.num_conv], cond)
         # The skip image is accumulated in float32: 3 channels cost nothing, and bfloat16 sums
         # over 7 resolutions would cost about one 8-bit grey level.
-        img = rgb.float() if img is None else upsample2d(img) + rgb.float()
+        if img is None:
+            img = rgb.float()
+        else:
+            with torch.autocast(ws.device.type, enabled=False):  # as the official code: fp32
+                img = upsample2d(img.float()) + rgb.float()
         return x, img
 
 
@@ -332,6 +355,20 @@ class Generator(nn.Module):
         for module in self.modules():
             if isinstance(module, SynthesisLayer | ToRGBLayer):
                 module.modconv = impl
+
+    def set_fp16(self, blocks: int, conv_clamp: float | None) -> Generator:
+        """The official mixed precision: the ``blocks`` highest-resolution synthesis blocks run
+        in fp16 on CUDA (elsewhere in fp32), and with ``blocks > 0`` every layer's activations
+        are clamped to +-``conv_clamp`` (num_fp16_res=4, conv_clamp=256 in the official code)."""
+        resolutions = self.synthesis.resolutions
+        fp16_from = resolutions[max(0, len(resolutions) - blocks)] if blocks > 0 else None
+        clamp = conv_clamp if blocks > 0 and conv_clamp else None
+        for block in self.synthesis.blocks:
+            block.fp16 = fp16_from is not None and block.resolution >= fp16_from
+        for module in self.modules():
+            if isinstance(module, SynthesisLayer | ToRGBLayer):
+                module.conv_clamp = clamp
+        return self
 
     def set_channels_last(self, enabled: bool = True) -> Generator:
         """Run the synthesis in channels_last (faster convs on CPU with oneDNN and on GPUs)."""

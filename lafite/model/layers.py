@@ -10,7 +10,7 @@ on any device, under autocast and in channels_last.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +24,23 @@ LRELU_GAIN = math.sqrt(2.0)
 FIR_TAPS = (1.0, 3.0, 3.0, 1.0)
 
 
-def activate(x: torch.Tensor, activation: Activation, gain: float = 1.0) -> torch.Tensor:
-    """Apply the activation with StyleGAN's variance-preserving gain (sqrt 2 for leaky ReLU)."""
+def activate(
+    x: torch.Tensor, activation: Activation, gain: float = 1.0, clamp: float | None = None
+) -> torch.Tensor:
+    """Apply the activation with StyleGAN's variance-preserving gain (sqrt 2 for leaky ReLU).
+
+    ``clamp`` bounds the result to [-clamp * gain, clamp * gain] (StyleGAN2-ADA's conv clamp,
+    which keeps fp16 activations finite; None: no clamp).
+    """
     if activation == "lrelu":
-        return F.leaky_relu(x, LRELU_SLOPE) * (LRELU_GAIN * gain)
-    if activation == "linear":
-        return x * gain if gain != 1.0 else x
-    raise ValueError(f"unknown activation {activation!r}")
+        x = F.leaky_relu(x, LRELU_SLOPE) * (LRELU_GAIN * gain)
+    elif activation == "linear":
+        x = x * gain if gain != 1.0 else x
+    else:
+        raise ValueError(f"unknown activation {activation!r}")
+    if clamp is not None:
+        x = x.clamp(-clamp * gain, clamp * gain)
+    return x
 
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
@@ -52,6 +62,72 @@ def _fir_kernel(
     return f.to(x.dtype).reshape(shape[1:]).expand(shape).contiguous()
 
 
+class _DepthwiseFir(torch.autograd.Function):
+    """A fixed depthwise convolution whose backward is :class:`_DepthwiseFirAdjoint`.
+
+    The filter is a constant, so the operation is linear in ``x`` and every derivative of it is
+    the same pair of kernels. Autograd's own double backward of a grouped convolution (R1 and
+    the path-length penalty differentiate through every resampling filter twice) loops over
+    the groups, one small convolution per channel: several times slower than this.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, kernel: torch.Tensor, stride: tuple[int, int]
+                ) -> torch.Tensor:
+        ctx.save_for_backward(kernel)
+        ctx.stride, ctx.in_shape = stride, tuple(x.shape)
+        ctx.in_format = _memory_format(x)
+        return F.conv2d(x, kernel, stride=stride, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (kernel,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        return (_DepthwiseFirAdjoint.apply(grad, kernel, ctx.stride, ctx.in_shape,
+                                           ctx.in_format), None, None)
+
+
+class _DepthwiseFirAdjoint(torch.autograd.Function):
+    """The adjoint (transposed) of :class:`_DepthwiseFir`; its backward is that forward."""
+
+    @staticmethod
+    def forward(ctx: Any, grad: torch.Tensor, kernel: torch.Tensor, stride: tuple[int, int],
+                in_shape: tuple[int, ...], in_format: torch.memory_format) -> torch.Tensor:
+        ctx.save_for_backward(kernel)
+        ctx.stride = stride
+        # A transposed depthwise convolution, written as the forward one (zero insertion, full
+        # padding, flipped taps): oneDNN's depthwise backward-data kernel ran about 20x slower
+        # than its forward at 256 px (5.5 s of the 28 s D step).
+        n, c, height, width = in_shape
+        kh, kw = kernel.shape[2], kernel.shape[3]
+        sh, sw = stride
+        gh, gw = grad.shape[2], grad.shape[3]
+        if sh > 1 or sw > 1:
+            spread = grad.new_zeros((n, c, (gh - 1) * sh + 1, (gw - 1) * sw + 1))
+            spread = spread.contiguous(memory_format=_memory_format(grad))
+            spread[:, :, ::sh, ::sw] = grad
+            grad = spread
+        pad = (kw - 1, kw - 1 + width - ((gw - 1) * sw + kw),
+               kh - 1, kh - 1 + height - ((gh - 1) * sh + kh))
+        out = F.conv2d(F.pad(grad, pad), kernel.flip(2, 3), groups=c)
+        return out.contiguous(memory_format=in_format)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None,
+                                                         None]:
+        (kernel,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        return _DepthwiseFir.apply(grad, kernel, ctx.stride), None, None, None, None
+
+
+def _depthwise(x: torch.Tensor, kernel: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _DepthwiseFir.apply(x, kernel, stride)
+    return F.conv2d(x, kernel, stride=stride, groups=x.shape[1])
+
+
 def upfirdn2d(
     x: torch.Tensor,
     taps: tuple[float, ...] = FIR_TAPS,
@@ -65,6 +141,10 @@ def upfirdn2d(
     ``padding`` is (left, right, top, bottom) in the upsampled grid; negative values crop.
     ``gain`` multiplies the 2-D filter (4 for 2x upsampling keeps the signal's magnitude).
     """
+    if torch.is_autocast_enabled(x.device.type):
+        # The filters are convolutions, which autocast would cast to its dtype anyway; casting
+        # here picks the kernels for that dtype below and keeps the derivatives in it.
+        x = x.to(torch.get_autocast_dtype(x.device.type))
     n, c, h, w = x.shape
     if up > 1:
         y = x.new_zeros((n, c, h * up, w * up)).contiguous(memory_format=_memory_format(x))
@@ -74,13 +154,13 @@ def upfirdn2d(
     per_dim_gain = math.sqrt(gain)
     kernel_x = _fir_kernel(x, taps, per_dim_gain, horizontal=True)
     kernel_y = _fir_kernel(x, taps, per_dim_gain, horizontal=False)
-    if down > 1 and x.dtype in (torch.bfloat16, torch.float16):
+    if down > 1 and x.dtype in (torch.bfloat16, torch.float16) and x.device.type == "cpu":
         # oneDNN's strided depthwise conv is several times slower in bfloat16 (its backward
         # above all) than a dense one followed by slicing, measured on this CPU.
-        x = F.conv2d(x, kernel_x, groups=c)[:, :, :, ::down]
-        return F.conv2d(x, kernel_y, groups=c)[:, :, ::down, :]
-    x = F.conv2d(x, kernel_x, stride=(1, down), groups=c)
-    return F.conv2d(x, kernel_y, stride=(down, 1), groups=c)
+        x = _depthwise(x, kernel_x, (1, 1))[:, :, :, ::down]
+        return _depthwise(x, kernel_y, (1, 1))[:, :, ::down, :]
+    x = _depthwise(x, kernel_x, (1, down))
+    return _depthwise(x, kernel_y, (down, 1))
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -103,6 +183,58 @@ def downsample2d(x: torch.Tensor, taps: tuple[float, ...] = FIR_TAPS) -> torch.T
     k = len(taps)
     p0, p1 = (k - 1) // 2, (k - 2) // 2
     return upfirdn2d(x, taps, down=2, padding=(p0, p1, p0, p1))
+
+
+class _StridedConv(torch.autograd.Function):
+    """``F.conv2d(x, w, stride)`` (or ``F.conv_transpose2d`` with ``transposed``) whose weight
+    gradient is computed from contiguous (NCHW) copies on the CPU: oneDNN's channels_last weight
+    gradient of a strided convolution ran 3-8x slower than the NCHW one (2.8 s against 0.3 s
+    forward for D's 256-px block; 3.4 s against 0.9 s for G's transposed one), far more than
+    the copies cost. The input gradient stays in channels_last, where it is the faster one.
+    Twice differentiable (R1, path length): the backward is built of differentiable ops."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, stride: int,
+                transposed: bool) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.transposed = stride, transposed
+        if transposed:
+            return F.conv_transpose2d(x, weight, stride=stride)
+        return F.conv2d(x, weight, stride=stride)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None,
+                                                         torch.Tensor | None, None, None]:
+        x, weight = ctx.saved_tensors
+        s, t = [ctx.stride, ctx.stride], ctx.transposed
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, s, [0, 0], [1, 1], t, [0, 0], 1,
+                [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.ops.aten.convolution_backward(
+                grad.contiguous(), x.contiguous(), weight.contiguous(), None, s, [0, 0], [1, 1],
+                t, [0, 0], 1, [False, True, False])[1]
+        return grad_x, grad_w, None, None
+
+
+def _nchw_weight_grad_pays(x: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and torch.is_grad_enabled() and x.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+            and _memory_format(x) == torch.channels_last)
+
+
+def _strided_conv(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
+    if _nchw_weight_grad_pays(x):
+        return _StridedConv.apply(x, weight, stride, False)
+    return F.conv2d(x, weight, stride=stride)
+
+
+def _transposed_conv(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
+    if _nchw_weight_grad_pays(x):
+        return _StridedConv.apply(x, weight, stride, True)
+    return F.conv_transpose2d(x, weight, stride=stride)
 
 
 # -- equalised-learning-rate layers ---------------------------------------------------------------
@@ -163,6 +295,8 @@ class Conv2dLayer(nn.Module):
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.weight_gain = 1.0 / math.sqrt(in_channels * kernel_size * kernel_size)
+        # Set by the official mixed precision (train.precision fp16): see activate().
+        self.conv_clamp: float | None = None
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
         w = self.weight * self.weight_gain
@@ -176,12 +310,12 @@ class Conv2dLayer(nn.Module):
             pad0 = (k - 1) // 2 + (taps - self.down + 1) // 2
             pad1 = (k - 1) // 2 + (taps - self.down) // 2
             x = upfirdn2d(x, FIR_TAPS, padding=(pad0, pad1, pad0, pad1))
-            x = F.conv2d(x, w, stride=self.down)
+            x = _strided_conv(x, w, self.down)
         else:
             x = F.conv2d(x, w, padding=k // 2)
         if self.bias is not None:
             x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
-        return activate(x, self.activation, gain)
+        return activate(x, self.activation, gain, self.conv_clamp)
 
 
 # -- modulated convolution -------------------------------------------------------------------------
@@ -210,6 +344,12 @@ def modulated_conv2d(
     out_ch, in_ch, kh, kw = weight.shape
     styles = styles.to(torch.float32)
     weight32 = weight.to(torch.float32)
+    if demodulate and x.dtype == torch.float16:
+        # StyleGAN2-ADA's pre-normalisation against fp16 overflow: demodulation makes the result
+        # independent of the scales of the weight and of each sample's styles.
+        weight32 = weight32 * (1 / math.sqrt(in_ch * kh * kw) / weight32.norm(float("inf")))
+        styles = styles / styles.norm(float("inf"), dim=1, keepdim=True)
+        weight = weight32
     dcoefs = None
     if demodulate:
         # sum_{i,k} (W_oik s_i)^2 = (s^2) @ (sum_k W_oik^2)^T, without building per-sample weights.
@@ -234,7 +374,7 @@ def modulated_conv2d(
 
     x = x * styles.to(x.dtype).reshape(n, in_ch, 1, 1)
     if up > 1:
-        y = F.conv_transpose2d(x, weight.transpose(0, 1), stride=up)
+        y = _transposed_conv(x, weight.transpose(0, 1), up)
         y = upsample_after_transposed_conv(y, up, kw)
     else:
         y = F.conv2d(x, weight, padding=kh // 2)
