@@ -1,8 +1,14 @@
 """Which folder a run reads: the materialised world, or a real dataset under a data root.
 
 Everything downstream gets an :class:`ImageTextFolder`, so the world and real data share one code
-path. Real datasets are never downloaded here (they are large and licensed); a missing one stops
-with a message naming the path the suite looked at and how to prepare it.
+path. A real dataset is read from ``<data.data_root>/<dataset>/`` as it is published (COCO's
+caption JSON, AttnGAN's CUB text and split pickles, Localized Narratives JSONL, MM-CelebA-HQ's
+text folder and split pickles, CC3M webdataset shards, an FFHQ image tree), as the official
+LAFITE zips, or in the prepared ``train/`` + ``test/`` image + .txt layout: lafite.data.formats
+reads each into a Source that ImageTextFolder wraps. ``data.train_path``/``data.test_path`` name
+an image + .txt folder or an official zip directly. Real datasets are never downloaded here
+(they are large and licensed); a missing one stops with a message naming the path the suite
+looked at and how to get it (``lafite-repro data check NAME --root DIR`` reports the same).
 """
 
 from __future__ import annotations
@@ -23,26 +29,25 @@ if TYPE_CHECKING:  # the folders need torch, which planning a table does not imp
 # Real datasets of the paper: id → how to obtain and prepare it (one line, for error messages).
 REAL_DATASETS = {
     "coco2014": (
-        "MS-COCO 2014 (cocodataset.org: train2014/val2014 images and captions_*2014.json); "
-        "write each image's 5 captions to a same-named .txt, one per line, train2014 into "
-        "train/ and val2014 into test/"
+        "MS-COCO 2014 as downloaded from cocodataset.org: train2014/, val2014/ and "
+        "annotations/captions_{train,val}2014.json (train2014 is the train split, val2014 test)"
     ),
     "cub": (
-        "CUB-200-2011 images with the AttnGAN bird captions (10 per image, text/ folder); "
-        "use the AttnGAN train/test split (filenames.pickle)"
+        "CUB-200-2011 images with the AttnGAN bird captions (10 per image): CUB_200_2011/images/, "
+        "text/ and the AttnGAN train/test split (train/filenames.pickle, test/filenames.pickle)"
     ),
     "ln-coco": (
-        "COCO 2017 images with Localized Narratives captions (google.github.io/"
-        "localized-narratives); each narrative is one line of the image's .txt, train2017 into "
-        "train/ and val2017 into test/"
+        "COCO 2017 images (train2017/, val2017/) with the Localized Narratives captions "
+        "(google.github.io/localized-narratives: coco_{train,val}_*.jsonl)"
     ),
     "mm-celeba-hq": (
-        "Multi-Modal-CelebA-HQ (github.com/IIGROUP/MM-CelebA-HQ-Dataset): images plus the 10 "
-        "text descriptions per image, split 24,000 train / 6,000 test"
+        "Multi-Modal-CelebA-HQ (github.com/IIGROUP/MM-CelebA-HQ-Dataset): CelebA-HQ-img/, the "
+        "10 descriptions per image in celeba-caption/ and the 24,000 / 6,000 split files "
+        "train/filenames.pickle, test/filenames.pickle"
     ),
     "cc3m": (
-        "Conceptual Captions 3M (ai.google.com/research/ConceptualCaptions): download the images "
-        "from the URL list (e.g. with img2dataset) and write each caption to a same-named .txt"
+        "Conceptual Captions 3M (ai.google.com/research/ConceptualCaptions) downloaded with "
+        "img2dataset as webdataset shards (NNNNN.tar of key.jpg + key.txt + key.json)"
     ),
     "ffhq": (
         "FFHQ (github.com/NVlabs/ffhq-dataset) images; no captions are needed (language-free "
@@ -140,15 +145,46 @@ def _open_folder(cfg: RunConfig, split: str, workspace: Workspace, progress: boo
         raise UserError(
             f"data.dataset: unknown dataset {data.dataset!r}; valid: {', '.join(VALID_DATASETS)}"
         )
-    path = _real_path(cfg, split)
-    if not path.is_dir():
-        how = REAL_DATASETS.get(data.dataset, _FOLDER_LAYOUT)
-        raise UserError(
-            f"dataset {data.dataset!r} ({split} split) not found at {path}. Provide {how}. "
-            f"Expected layout: <data.data_root>/{data.dataset}/{{train,test}}/ holding "
-            f"{_FOLDER_LAYOUT}; or set data.{split}_path to the folder"
-        )
-    return ImageTextFolder(path, data.resolution, max_images=limit)
+    source = _real_source(cfg, split)
+    if source is None:  # an image + caption folder (prepared layout, or data.{split}_path)
+        path = _real_path(cfg, split)
+        if not path.is_dir():
+            how = REAL_DATASETS.get(data.dataset, _FOLDER_LAYOUT)
+            raise UserError(
+                f"dataset {data.dataset!r} ({split} split) not found at {path}. Provide {how}. "
+                f"Expected layout: <data.data_root>/{data.dataset}/ as published, or "
+                f"<data.data_root>/{data.dataset}/{{train,test}}/ holding "
+                f"{_FOLDER_LAYOUT}; or set data.{split}_path to the folder"
+            )
+        folder = ImageTextFolder(path, data.resolution, max_images=limit)
+    else:
+        folder = ImageTextFolder.from_source(source, data.resolution, max_images=limit)
+    if data.skip_corrupt:
+        folder.drop_unreadable(workspace.cache_dir / "data-checks")
+    return folder
+
+
+def _real_source(cfg: RunConfig, split: str):
+    """The format Source of a real dataset split (lafite.data.formats), or None where the split
+    is an image + caption folder that ImageTextFolder lists itself."""
+    from lafite.data import formats
+
+    data = cfg.data
+    explicit = data.train_path if split == "train" else data.test_path
+    if explicit:
+        path = Path(explicit).expanduser()
+        if path.suffix.lower() == ".zip":
+            if not path.is_file():
+                raise UserError(f"data.{split}_path: {path} does not exist (an official LAFITE "
+                                f"dataset zip was expected there)")
+            return formats.lafite_zip.open_zip(path, split, data.dataset)
+        return None
+    if data.dataset == "folder" or not data.data_root:
+        return None  # _real_path names what is missing
+    root = Path(data.data_root).expanduser() / data.dataset
+    if not root.is_dir() or formats.detect(data.dataset, root) == formats.PREPARED:
+        return None
+    return formats.open_split(data.dataset, root, split, skip=data.skip_corrupt)
 
 
 def captions_path(cfg: RunConfig) -> Path:
@@ -227,10 +263,16 @@ def data_location(cfg: RunConfig, split: str) -> str:
         return (f"the built-in world: domain {cfg.world.domain}, {size} images at "
                 f"{cfg.data.resolution} px (generated into the workspace)")
     try:
-        return str(_real_path(cfg, split))
+        path = _real_path(cfg, split)
     except UserError:
         root = "<data.data_root>"
         return f"{root}/{cfg.data.dataset}/{split} (set data.data_root or data.{split}_path)"
+    explicit = cfg.data.train_path if split == "train" else cfg.data.test_path
+    if explicit or cfg.data.dataset == "folder" or not path.parent.is_dir():
+        return str(path)
+    from lafite.data import formats
+
+    return formats.describe(cfg.data.dataset, path.parent, split)
 
 
 def _real_path(cfg: RunConfig, split: str) -> Path:
