@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -865,97 +865,377 @@ class ImageTextDataset(Protocol):
     def fingerprint(self) -> str: ...
 
 
+# Bumped whenever the way a cached feature is computed changes, so older caches are never read.
+# v2: the crop of image i is drawn from a generator seeded by (seed, i) instead of one stream
+# drawn batch by batch, so that it depends neither on the batch size nor on where a resumed
+# build restarted.
+IMAGE_PROTOCOL_VERSION = 2
+# Captions go through the encoder's own encode_texts (open_clip: tokenised, truncated to the
+# context length; the official tool instead averages the pieces of a too-long caption).
+TEXT_PROTOCOL = "encode-texts-v1"
+# Images (or images' captions) per chunk: a killed build loses at most one chunk of work.
+DEFAULT_CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class CropProtocol:
+    """How a training image becomes its cached CLIP image feature.
+
+    The official dataset tool's feature (reference/official-lafite.md section 5.1): ONE random
+    square crop per image, side in ``[real_crop * S, S)`` and a random offset, bicubic resize to
+    the CLIP size without antialiasing, CLIP normalisation. The crop of image ``i`` comes from a
+    generator seeded by ``(seed, i)``. ``real_crop >= 1`` uses the whole (square) image.
+    """
+
+    real_crop: float = 0.99
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        """Names the cache file: every setting that changes the features is in it."""
+        return f"crop{self.real_crop:g}-seed{self.seed}-v{IMAGE_PROTOCOL_VERSION}"
+
+    def box(self, index: int, height: int, width: int) -> tuple[int, int, int]:
+        """(top, left, side) of image ``index``'s crop."""
+        size = min(height, width)
+        low = max(1, int(self.real_crop * size))
+        rng = np.random.default_rng((self.seed, index))
+        side = size if self.real_crop >= 1.0 or low >= size else int(rng.integers(low, size))
+        return int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1)), side
+
+    def boxes(self, indices: Sequence[int], height: int, width: int) -> np.ndarray:
+        return np.array([self.box(i, height, width) for i in indices], dtype=np.int64).reshape(-1, 3)
+
+
 class FeatureCache:
     """CLIP features of a dataset, computed once and memory-mapped on read.
 
-    Files live under ``<workspace>/cache/clip-features/<dataset fingerprint>/<encoder id>/``, so
-    a changed dataset or different weights never reuse stale features. Files are written to a
-    temporary name and renamed, so a crash never leaves a half-written cache; one that is corrupt
-    anyway (truncated, edited) is recomputed with a warning.
+    What is cached: the image feature of every training image under the official crop protocol
+    (:class:`CropProtocol`) and the text feature of every caption. Files live under
+    ``<cache>/clip-features/<dataset fingerprint>/<encoder id>/``, the cache being
+    ``<workspace>/cache`` or ``$LAFITE_CACHE`` (a folder shared by a cluster); the image file's
+    name carries the crop protocol (``image-crop0.99-seed0-v2.npy``). So a changed dataset,
+    other weights or another crop protocol are separate keys and never reuse stale features.
+
+    Each cache file has a manifest (``<name>.json``: dataset, encoder, protocol, shape) written
+    last; a cache is complete only when its manifest is there and agrees, so a build killed at any
+    point is never read as complete. A build writes chunks of ``chunk`` images to
+    ``<name>.parts/`` (each atomically) and a rerun resumes from the finished chunks. A manifest
+    naming another CLIP or protocol than its key (a cache copied to the wrong place) is one
+    :class:`UserError`; a file that is corrupt anyway (truncated, edited) is recomputed with a
+    warning. Builds of one file are serialised by a file lock beside it, so processes sharing
+    the cache build it once. ``store=False`` computes the same features in memory and writes
+    nothing (the no-cache reference of the tests and benchmarks).
     """
 
-    def __init__(self, workspace: Workspace, seed: int = 0) -> None:
+    def __init__(self, workspace: Workspace, seed: int = 0, *, progress: bool = True,
+                 chunk: int = DEFAULT_CHUNK, store: bool = True) -> None:
+        if chunk < 1:
+            raise ValueError(f"chunk must be positive, got {chunk}")
         self.workspace = workspace
         self.seed = seed
+        # A bar on a terminal, else a line a minute (short builds and tests stay silent);
+        # progress=False: nothing.
+        self.progress = progress
+        self.chunk = chunk
+        self.store = store
 
     def folder(self, dataset: ImageTextDataset, encoder: ClipEncoder,
                images_only: bool = False) -> Path:
-        # Image features depend on the pixels alone: a dataset whose captions were replaced
-        # (a captioner's, Table 1) names its images by ``image_fingerprint`` and shares them.
-        fingerprint = (dataset.image_fingerprint() if images_only
-                       and hasattr(dataset, "image_fingerprint") else dataset.fingerprint())
-        key = hashlib.sha256(str(fingerprint).encode()).hexdigest()[:16]
-        path = self.workspace.cache_dir / "clip-features" / key / encoder.id
+        path = self.workspace.cache_dir / "clip-features" / _dataset_key(dataset, images_only) / encoder.id
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    # -- images --------------------------------------------------------------------------------
     def image_features(
         self, dataset: ImageTextDataset, encoder: ClipEncoder, real_crop: float = 0.99
-    ) -> np.memmap:
-        """(N, dim) float32 memmap: one seeded random crop covering ``real_crop`` of each image.
+    ) -> np.ndarray:
+        """(N, dim) float32 (a read-only memmap when stored): image i's feature is row i.
 
-        The official dataset tool's feature: square side in [real_crop * S, S), random offset
-        (reference/official-lafite.md section 5.1); ``real_crop >= 1`` uses the whole image.
+        The feature of one seeded random crop covering ``real_crop`` of each image
+        (:class:`CropProtocol`); ``real_crop >= 1`` uses the whole image.
         """
-        path = (self.folder(dataset, encoder, images_only=True)
-                / f"image-crop{real_crop:g}-seed{self.seed}.npy")
-        n = len(dataset)
-        cached = _read_array(path, (n, encoder.dim))
-        if cached is not None:
-            return cached
-        features = np.empty((n, encoder.dim), dtype=np.float32)
-        rng = np.random.default_rng(self.seed)
-        for start in range(0, n, encoder.batch_size):
-            stop = min(n, start + encoder.batch_size)
-            batch = torch.stack([torch.as_tensor(dataset[i]) for i in range(start, stop)])
-            boxes = _crop_boxes(rng, len(batch), batch.shape[-2], batch.shape[-1], real_crop)
-            features[start:stop] = encoder.encode_cropped(batch, boxes).cpu().numpy()
-        atomic_write(path, lambda handle: np.save(handle, features))
-        return np.load(path, mmap_mode="r")
+        protocol = CropProtocol(real_crop, self.seed)
+        n, dim = len(dataset), int(encoder.dim)
+        ranges = [(a, b, b - a) for a, b in _chunks(n, self.chunk)]
+        identity = {"kind": "image", "dataset": _fingerprint(dataset, images_only=True),
+                    "encoder": encoder.id, "protocol": protocol.key}
 
-    def text_features(self, dataset: ImageTextDataset, encoder: ClipEncoder) -> tuple[np.ndarray, np.ndarray]:
-        """(float32 (M, dim) memmap of every caption's feature, int64 offsets (N+1,)).
+        def compute(a: int, b: int, advance: Callable[[int], None]) -> np.ndarray:
+            return _encode_images(dataset, encoder, protocol, a, b, advance)
 
-        Captions of image i are rows ``offsets[i]:offsets[i+1]``.
+        if not self.store:
+            return self._in_memory(ranges, dim, compute, "image", n)
+        folder = self.folder(dataset, encoder, images_only=True)
+        path = folder / f"image-{protocol.key}.npy"
+
+        def read() -> np.ndarray | None:
+            if not self._manifest_agrees(path, identity, {"rows": n, "dim": dim}):
+                return None
+            return _read_array(path, (n, dim))
+
+        def build() -> np.ndarray:
+            started = time.perf_counter()
+            self._build(path, ranges, dim, compute, f"CLIP image features ({encoder.id})", n)
+            self._finish(path, identity, {"rows": n, "dim": dim}, started)
+            return np.load(path, mmap_mode="r")
+
+        return self._get(path, read, build)
+
+    # -- texts ---------------------------------------------------------------------------------
+    def text_features(self, dataset: ImageTextDataset, encoder: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 (M, dim) features of every caption, int64 offsets (N+1,)).
+
+        Captions of image i are rows ``offsets[i]:offsets[i+1]``. ``encoder`` is anything with
+        ``id``, ``dim`` and ``encode_texts`` (a CLIP or a text-only encoder).
         """
+        n, dim = len(dataset), int(encoder.dim)
+        identity = {"kind": "text", "dataset": _fingerprint(dataset, images_only=False),
+                    "encoder": encoder.id, "protocol": TEXT_PROTOCOL}
+        state: dict[str, Any] = {}
+
+        def offsets() -> np.ndarray:
+            if "offsets" not in state:
+                counts = [len(dataset.captions(i)) for i in range(n)]
+                state["offsets"] = np.zeros(n + 1, dtype=np.int64)
+                np.cumsum(counts, out=state["offsets"][1:])
+            return state["offsets"]
+
+        def ranges() -> list[tuple[int, int, int]]:
+            o = offsets()
+            return [(a, b, int(o[b] - o[a])) for a, b in _chunks(n, self.chunk)]
+
+        def compute(a: int, b: int, advance: Callable[[int], None]) -> np.ndarray:
+            flat = [c for i in range(a, b) for c in dataset.captions(i)]
+            features = _encode_texts(encoder, flat)
+            advance(b - a)
+            return features
+
+        if not self.store:
+            return self._in_memory(ranges(), dim, compute, "text", n), offsets()
         folder = self.folder(dataset, encoder)
-        offsets_path, features_path = folder / "text-offsets.npy", folder / "text.npy"
-        n = len(dataset)
-        offsets = _read_array(offsets_path, (n + 1,), dtype=np.int64)
-        if offsets is not None and _offsets_valid(offsets):
-            features = _read_array(features_path, (int(offsets[-1]), encoder.dim))
-            if features is not None:
-                return features, np.asarray(offsets)
-        elif offsets is not None:
-            warnings.warn(f"Feature cache {offsets_path} is inconsistent; recomputing it.", stacklevel=2)
-        caption_lists = [list(dataset.captions(i)) for i in range(n)]
-        new_offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum([len(c) for c in caption_lists], out=new_offsets[1:])
-        flat = [c for caps in caption_lists for c in caps]
-        features = encoder.encode_texts(flat).cpu().numpy().astype(np.float32, copy=False)
-        # Features first: a valid offsets file then always describes a complete features file.
-        atomic_write(features_path, lambda handle: np.save(handle, features))
-        atomic_write(offsets_path, lambda handle: np.save(handle, new_offsets))
-        return np.load(features_path, mmap_mode="r"), new_offsets
+        path, offsets_path = folder / "text.npy", folder / "text-offsets.npy"
+
+        def read() -> tuple[np.ndarray, np.ndarray] | None:
+            if not self._manifest_agrees(path, identity, {"rows": None, "dim": dim, "items": n}):
+                return None
+            stored = _read_array(offsets_path, (n + 1,), dtype=np.int64)
+            if stored is None:
+                return None
+            if not _offsets_valid(stored):
+                warnings.warn(f"Feature cache {offsets_path} is inconsistent; recomputing it.",
+                              stacklevel=4)
+                return None
+            features = _read_array(path, (int(stored[-1]), dim))
+            return None if features is None else (features, np.asarray(stored))
+
+        def build() -> tuple[np.ndarray, np.ndarray]:
+            started = time.perf_counter()
+            self._build(path, ranges(), dim, compute, f"CLIP caption features ({encoder.id})", n)
+            atomic_write(offsets_path, lambda handle: np.save(handle, offsets()))
+            self._finish(path, identity, {"rows": int(offsets()[-1]), "dim": dim, "items": n},
+                         started)
+            return np.load(path, mmap_mode="r"), offsets()
+
+        return self._get(path, read, build)
+
+    # -- building ------------------------------------------------------------------------------
+    def _get(self, path: Path, read: Callable[[], Any], build: Callable[[], Any]) -> Any:
+        found = read()
+        if found is not None:
+            return found
+        # One builder per file, across processes (and machines sharing the cache with flock).
+        from lafite.locks import exclusive
+
+        with exclusive(path.with_name(path.name + ".lock")):
+            found = read()  # another process may have finished it while this one waited
+            if found is not None:
+                return found
+            return build()
+
+    def _manifest_agrees(self, path: Path, identity: dict[str, Any], shape: dict[str, Any]) -> bool:
+        """Whether ``path`` is a complete cache of exactly this key.
+
+        No manifest: never finished (or killed before the manifest): not complete. A manifest of
+        another CLIP or protocol: one UserError. An unreadable one: corrupt, recomputed.
+        """
+        manifest_path = _manifest_path(path)
+        if not manifest_path.exists():
+            return False
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            if not isinstance(manifest, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as err:
+            warnings.warn(f"Feature cache {manifest_path} is corrupt ({err}); recomputing it.",
+                          stacklevel=4)
+            return False
+        wrong = [f"{key} {manifest.get(key)!r} where this run needs {value!r}"
+                 for key, value in identity.items() if manifest.get(key) != value]
+        if wrong:
+            raise UserError(
+                f"Feature cache {path} was built for something else than its place says: "
+                f"{'; '.join(wrong)}. It is never used for this run. Delete {path.parent} "
+                "(it is rebuilt), or point LAFITE_CACHE at the cache it came from."
+            )
+        for key, value in shape.items():
+            if value is not None and manifest.get(key) != value:
+                warnings.warn(f"Feature cache {manifest_path} is corrupt ({key} "
+                              f"{manifest.get(key)!r}, expected {value!r}); recomputing it.",
+                              stacklevel=4)
+                return False
+        return True
+
+    def _build(self, path: Path, ranges: list[tuple[int, int, int]], dim: int,
+               compute: Callable[[int, int, Callable[[int], None]], np.ndarray], what: str,
+               n_items: int) -> None:
+        """Fill ``path`` chunk by chunk, resuming from the chunks a killed build finished."""
+        _manifest_path(path).unlink(missing_ok=True)
+        parts = path.with_name(path.stem + ".parts")
+        parts.mkdir(parents=True, exist_ok=True)
+        names = [parts / f"{a:012d}-{b:012d}.npy" for a, b, _ in ranges]
+        done = [_read_array(name, (rows, dim), warn=False) is not None
+                for name, (_, _, rows) in zip(names, ranges, strict=True)]
+        resumed = sum(b - a for (a, b, _), ok in zip(ranges, done, strict=True) if ok)
+        if resumed:
+            log.info("%s: resuming at %d of %d items from %s", what, resumed, n_items, parts)
+        with _Progress(self.progress, what, n_items) as advance:
+            advance(resumed)
+            for name, (a, b, rows), ok in zip(names, ranges, done, strict=True):
+                if ok:
+                    continue
+                features = compute(a, b, advance)
+                if features.shape != (rows, dim):
+                    raise AssertionError(f"chunk {a}:{b} has shape {features.shape}, expected {(rows, dim)}")
+                atomic_write(name, lambda handle, f=features: np.save(handle, f))
+        total = sum(rows for _, _, rows in ranges)
+
+        def assemble(handle: Any) -> None:
+            # Streamed chunk by chunk: memory stays at one chunk whatever the dataset size.
+            np.lib.format.write_array_header_1_0(handle, {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                "fortran_order": False, "shape": (total, dim)})
+            for name in names:
+                handle.write(np.ascontiguousarray(np.load(name), dtype=np.float32).tobytes())
+
+        atomic_write(path, assemble)
+
+    def _finish(self, path: Path, identity: dict[str, Any], shape: dict[str, Any],
+                started: float) -> None:
+        """Mark ``path`` complete (its manifest, written last) and drop the chunks."""
+        import shutil
+
+        seconds = time.perf_counter() - started
+        manifest = {**identity, **shape, "seconds": round(seconds, 3),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": socket.gethostname()}
+        atomic_write(_manifest_path(path),
+                     lambda handle: handle.write(json.dumps(manifest, indent=1).encode()))
+        shutil.rmtree(path.with_name(path.stem + ".parts"), ignore_errors=True)
+        log.info("cached %s in %.1f s", path, seconds)
+
+    def _in_memory(self, ranges: list[tuple[int, int, int]], dim: int,
+                   compute: Callable[[int, int, Callable[[int], None]], np.ndarray], kind: str,
+                   n_items: int) -> np.ndarray:
+        with _Progress(self.progress, f"CLIP {kind} features", n_items) as advance:
+            parts = [compute(a, b, advance) for a, b, _ in ranges]
+        return np.concatenate(parts) if parts else np.empty((0, dim), dtype=np.float32)
 
 
-def _crop_boxes(rng: np.random.Generator, n: int, height: int, width: int, crop: float) -> np.ndarray:
-    size = min(height, width)
-    low = max(1, int(crop * size))
-    if crop >= 1.0 or low >= size:
-        sides = np.full(n, size)
-    else:
-        sides = rng.integers(low, size, n)
-    tops = rng.integers(0, height - sides + 1)
-    lefts = rng.integers(0, width - sides + 1)
-    return np.stack([tops, lefts, sides], axis=1).astype(np.int64)
+def _chunks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(a, min(n, a + size)) for a in range(0, n, size)]
+
+
+def _fingerprint(dataset: Any, images_only: bool) -> str:
+    # Image features depend on the pixels alone: a dataset whose captions were replaced
+    # (a captioner's, Table 1) names its images by ``image_fingerprint`` and shares them.
+    if images_only and hasattr(dataset, "image_fingerprint"):
+        return str(dataset.image_fingerprint())
+    return str(dataset.fingerprint())
+
+
+def _dataset_key(dataset: Any, images_only: bool) -> str:
+    return hashlib.sha256(_fingerprint(dataset, images_only).encode()).hexdigest()[:16]
+
+
+def _manifest_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _encode_images(dataset: Any, encoder: ClipEncoder, protocol: CropProtocol, start: int,
+                   stop: int, advance: Callable[[int], None]) -> np.ndarray:
+    out = np.empty((stop - start, encoder.dim), dtype=np.float32)
+    step = max(1, int(encoder.batch_size))
+    for a in range(start, stop, step):
+        b = min(stop, a + step)
+        batch = torch.stack([torch.as_tensor(dataset[i]) for i in range(a, b)])
+        boxes = protocol.boxes(range(a, b), batch.shape[-2], batch.shape[-1])
+        out[a - start : b - start] = encoder.encode_cropped(batch, boxes).cpu().numpy()
+        advance(b - a)
+    return out
+
+
+def _encode_texts(encoder: Any, texts: list[str]) -> np.ndarray:
+    if not texts:
+        return np.empty((0, int(encoder.dim)), dtype=np.float32)
+    return encoder.encode_texts(texts).cpu().numpy().astype(np.float32, copy=False)
+
+
+class _Progress:
+    """Progress over ``total`` items: a rich bar on a terminal, a plain line a minute in the
+    log of a batch job (a long build is not silent there, a short one prints nothing), nothing
+    when disabled. Inside another live display (the runner's bar) it falls back to the lines."""
+
+    LINE_EVERY = 60.0
+
+    def __init__(self, enabled: bool, description: str, total: int) -> None:
+        self.enabled, self.description, self.total = enabled, description, total
+        self._bar: Any = None
+
+    def __enter__(self) -> Callable[[int], None]:
+        if not self.enabled:
+            return lambda n: None
+        if sys.stderr.isatty():
+            from rich.errors import LiveError
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TimeRemainingColumn(), transient=True)
+            try:
+                bar.__enter__()
+            except LiveError:
+                pass
+            else:
+                self._bar = bar
+                task = bar.add_task(self.description, total=self.total)
+                return lambda n: bar.advance(task, n)
+        state = {"done": 0, "shown": time.monotonic()}
+
+        def advance(n: int) -> None:
+            state["done"] += n
+            if time.monotonic() - state["shown"] >= self.LINE_EVERY:
+                state["shown"] = time.monotonic()
+                print(f"{self.description}: {state['done']}/{self.total}", file=sys.stderr,
+                      flush=True)
+
+        return advance
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
 
 
 def _offsets_valid(offsets: np.ndarray) -> bool:
     return bool(offsets[0] == 0 and np.all(np.diff(offsets) >= 0))
 
 
-def _read_array(path: Path, shape: tuple[int, ...], dtype: Any = np.float32) -> np.memmap | None:
+def _read_array(path: Path, shape: tuple[int, ...], dtype: Any = np.float32,
+                warn: bool = True) -> np.ndarray | None:
     """The cached array if it is intact, else None (with a warning when a file was there)."""
     if not path.exists():
         return None
@@ -967,13 +1247,15 @@ def _read_array(path: Path, shape: tuple[int, ...], dtype: Any = np.float32) -> 
             raise ValueError("non-finite values")
         return array
     except Exception as err:  # noqa: BLE001 - any unreadable cache file is recomputed
-        warnings.warn(f"Feature cache {path} is corrupt ({err}); recomputing it.", stacklevel=3)
+        if warn:
+            warnings.warn(f"Feature cache {path} is corrupt ({err}); recomputing it.", stacklevel=4)
         return None
 
 
 __all__ = [
     "EVAL_DOMAINS",
     "ClipEncoder",
+    "CropProtocol",
     "FeatureCache",
     "WorldClipTraining",
     "attribute_probe",

@@ -4,6 +4,12 @@ One folder (``./lafite-workspace`` by default, or ``$LAFITE_HOME``) holds the ML
 Optuna storage, the built-in world, trained helper models (the world's CLIP, its inspector,
 inference models), the feature cache and the checkpoints. Everything that needs a path asks a
 :class:`Workspace`, so tests can point the whole suite at a temporary folder.
+
+The caches (CLIP features of the datasets, FID reference statistics) are in ``<workspace>/cache``
+unless ``$LAFITE_CACHE`` names another folder: on a cluster, one cache folder on a shared file
+system serves every user's workspace and job, and each dataset's features are computed once.
+Every cache file is keyed by what it was computed from (dataset fingerprint, model weights,
+protocol), so sharing it is safe.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from pathlib import Path
 from lafite.errors import UserError
 
 DEFAULT_HOME = "lafite-workspace"
+CACHE_ENV = "LAFITE_CACHE"
 _CHOOSE = "choose another workspace folder with --home DIR or LAFITE_HOME=DIR"
 
 
@@ -26,12 +33,18 @@ class WorkspaceError(UserError):
 @dataclass(frozen=True)
 class Workspace:
     root: Path
+    # A cache folder outside the workspace (``$LAFITE_CACHE``), e.g. shared by a cluster.
+    cache_root: Path | None = None
 
     @classmethod
-    def resolve(cls, home: str | os.PathLike | None = None) -> Workspace:
-        """The workspace named by ``home``, else ``$LAFITE_HOME``, else ``./lafite-workspace``."""
+    def resolve(cls, home: str | os.PathLike | None = None,
+                cache: str | os.PathLike | None = None) -> Workspace:
+        """The workspace named by ``home``, else ``$LAFITE_HOME``, else ``./lafite-workspace``;
+        its caches in ``cache``, else ``$LAFITE_CACHE``, else ``<workspace>/cache``."""
         chosen = home or os.environ.get("LAFITE_HOME") or DEFAULT_HOME
-        return cls(Path(chosen).expanduser().resolve())
+        shared = cache or os.environ.get(CACHE_ENV) or None
+        return cls(Path(chosen).expanduser().resolve(),
+                   Path(shared).expanduser().resolve() if shared else None)
 
     def check(self) -> Workspace:
         """This workspace, once its folder exists and is writable (WorkspaceError if not)."""
@@ -91,8 +104,11 @@ class Workspace:
 
     @property
     def cache_dir(self) -> Path:
-        """Feature caches (CLIP features, reference statistics)."""
-        return self._dir("cache")
+        """Feature caches (CLIP features, reference statistics): ``<workspace>/cache``, or the
+        folder ``$LAFITE_CACHE`` names."""
+        if self.cache_root is None:
+            return self._dir("cache")
+        return _shared_dir(self.cache_root)
 
     @property
     def runs_dir(self) -> Path:
@@ -102,6 +118,23 @@ class Workspace:
     @property
     def locks_dir(self) -> Path:
         return self._dir("locks")
+
+
+def _shared_dir(path: Path) -> Path:
+    """The shared cache folder, created and writable, or one message naming it."""
+    fix = f"fix it, or unset {CACHE_ENV} to keep the caches in the workspace"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise WorkspaceError(f"cannot use the cache folder {path} ({CACHE_ENV}): it is a file, "
+                             f"not a folder; {fix}") from None
+    except OSError as exc:
+        raise WorkspaceError(f"cannot create the cache folder {path} ({CACHE_ENV}): "
+                             f"{exc.strerror or exc}; {fix}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise WorkspaceError(f"cannot write to the cache folder {path} ({CACHE_ENV}): "
+                             f"permission denied; {fix}")
+    return path
 
 
 def _exists(path: Path) -> bool:

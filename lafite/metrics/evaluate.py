@@ -144,6 +144,7 @@ class EvalCaptions:
 
     def take(self, count: int) -> tuple[list[str], list[int]]:
         captions, sources = [], []
+        self.last_picks: list[int] = []  # which of its image's captions each one is
         for _ in range(count):
             source = self._visit % len(self.dataset)
             options = self.dataset.captions(source)
@@ -155,7 +156,9 @@ class EvalCaptions:
                     f"image {source} of the evaluation split has no caption; every test image "
                     "needs at least one line in its .txt file"
                 )
-            captions.append(options[int(self._rng.integers(len(options)))])
+            pick = int(self._rng.integers(len(options)))
+            captions.append(options[pick])
+            self.last_picks.append(pick)
             sources.append(source)
             self._visit += 1
         return captions, sources
@@ -165,7 +168,9 @@ class CaptionStream:
     """Generated images conditioned on :class:`EvalCaptions` (an ``ImageStream``).
 
     After each :meth:`render`, ``last_captions``, ``last_sources`` and ``last_conditions``
-    describe the batch, for observers that score it.
+    describe the batch, for observers that score it. ``caption_features`` (the split's cached
+    ``(features, offsets)`` from :class:`lafite.clip.FeatureCache`, computed by the same
+    ``clip``) replaces encoding each drawn caption again with a row lookup.
     """
 
     def __init__(
@@ -177,10 +182,12 @@ class CaptionStream:
         device: torch.device,
         truncation_psi: float = 1.0,
         noise_mode: str = "random",
+        caption_features: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.generator = generator
         self.clip = clip
         self.captions = captions
+        self.caption_features = caption_features
         self.device = device
         self.truncation_psi = truncation_psi
         self.noise_mode = noise_mode
@@ -195,7 +202,13 @@ class CaptionStream:
     @torch.no_grad()
     def render(self, z: torch.Tensor) -> torch.Tensor:
         captions, sources = self.captions.take(z.shape[0])
-        conditions = self.clip.encode_texts(captions).to(self.device, torch.float32)
+        if self.caption_features is not None:
+            features, offsets = self.caption_features
+            rows = np.asarray(offsets)[sources] + np.asarray(self.captions.last_picks, dtype=np.int64)
+            conditions = torch.from_numpy(np.ascontiguousarray(features[rows])).to(
+                self.device, torch.float32)
+        else:
+            conditions = self.clip.encode_texts(captions).to(self.device, torch.float32)
         images = self.generator(
             z.to(self.device, torch.float32),
             conditions,
@@ -342,6 +355,7 @@ def _evaluate(
         device=device,
         truncation_psi=ev.truncation_psi,
         noise_mode=ev.noise_mode,
+        caption_features=_cached_caption_features(eval_split, encoder, workspace),
     )
     observers = []
     finishers = []
@@ -423,6 +437,19 @@ def _evaluate(
         if name not in result.metrics and name not in result.not_computed:
             result.not_computed[name] = "no value was produced (see the log)"
     return result
+
+
+def _cached_caption_features(split: Any, encoder: Any, workspace: Workspace
+                             ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Every caption feature of the evaluation split from the feature cache (built once per
+    split and encoder, then read by every evaluation), or None for a split or encoder the cache
+    cannot key (no fingerprint, no weights id): those captions are encoded as they are drawn."""
+    if not (hasattr(split, "fingerprint") and hasattr(split, "captions")
+            and isinstance(getattr(encoder, "id", None), str) and hasattr(encoder, "dim")):
+        return None
+    from lafite.clip import FeatureCache
+
+    return FeatureCache(workspace).text_features(split, encoder)
 
 
 def _ordered(names: Sequence[str], values: Mapping[str, float]) -> list[str]:

@@ -13,6 +13,13 @@ What this module adds to torch-fidelity is the paper's protocol around it:
 * **Reference statistics** are cached by torch-fidelity under a name that encodes the dataset
   fingerprint, split, k, extractor id and resolution (:func:`reference_cache_name`): a
   torch-fidelity cache hit ignores the content of its input, so the name is the only guard.
+  The files (``<name>-<extractor>-stat-fid-<layer>.pt`` for FID, ``...-features-<layer>.pt``
+  for KID) live in ``<cache>/fidelity`` (the workspace's cache or ``$LAFITE_CACHE``), so the
+  reference images go through the extractor once per dataset, radius and extractor, and every
+  later evaluation of every row and table reads them. torch-fidelity writes them to a temporary
+  file and renames it, so a killed evaluation leaves no partial file; one damaged anyway is
+  removed with a warning and recomputed (:func:`drop_unreadable_cache`) instead of failing
+  inside ``torch.load``.
 * **Generated images stream** from a :class:`ImageStream` through a ``GenerativeModelBase`` with
   ``num_classes=0`` (the stream draws its own captions), so memory does not grow with the number
   of samples. When several blur radii are asked for, the first pass spools the unblurred uint8
@@ -26,6 +33,8 @@ import math
 import os
 import tempfile
 import uuid
+import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +187,22 @@ def reference_cache_name(
         if os.sep in part or "/" in part:
             raise ValueError(f"cache name part {part!r} contains a path separator")
     return f"lafite-ref-{fingerprint}-{split}-r{resolution}-blur{radius}-{extractor_id}"
+
+
+def drop_unreadable_cache(cache_root: Path, cache_name: str) -> list[Path]:
+    """Remove cached torch-fidelity files of ``cache_name`` that cannot be complete.
+
+    torch.save writes a zip archive whose directory is at the end, so a truncated or overwritten
+    file fails ``zipfile.is_zipfile`` without being read in full. Returns the removed files.
+    """
+    removed = []
+    for path in sorted(Path(cache_root).glob(f"{cache_name}-*.pt")):
+        if not zipfile.is_zipfile(path):
+            warnings.warn(f"Reference statistics {path} are corrupt; recomputing them.",
+                          stacklevel=2)
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 # -- generated stream --------------------------------------------------------------------------
@@ -364,6 +389,7 @@ def compute_fidelity(
 
     def reference_kwargs(radius: int) -> dict[str, object]:
         assert reference is not None
+        drop_unreadable_cache(cache_root, reference.cache_name(radius, extractor))
         return {
             "input2": BlurredImages(reference.images, radius),
             "input2_cache_name": reference.cache_name(radius, extractor),
@@ -451,6 +477,7 @@ __all__ = [
     "blur_sigma",
     "blur_uint8",
     "compute_fidelity",
+    "drop_unreadable_cache",
     "gaussian_kernel1d",
     "reference_cache_name",
 ]
