@@ -130,6 +130,13 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             "restore the file from a backup or retrain the run with `lafite-repro run TABLE "
             "--retrain-damaged`)"
         )
+    if not zipfile.is_zipfile(path):
+        # An authors' checkpoint (an official StyleGAN2-ADA snapshot) is read by the importer,
+        # which runs none of the code stored in it (lafite/importer.py).
+        from lafite.importer import checkpoint_from_snapshot, is_official_snapshot
+
+        if is_official_snapshot(path):
+            return checkpoint_from_snapshot(path)
     try:
         state = read_weights_only(path, map_location)
     except Exception as exc:  # a truncated or foreign file: say which and what to do

@@ -274,7 +274,8 @@ def summarise(
     by_row = {name: group for name, group in runs.groupby("row", sort=False)} if len(runs) else {}
 
     rows: list[RowResult] = []
-    for row in spec.rows:
+    # A row that imports an authors' checkpoint is preceded by that checkpoint's row.
+    for row in spec.report_rows(scale):
         group = by_row.get(row.name)
         cells: dict[str, Cell] = {}
         for col in columns:
@@ -299,11 +300,12 @@ def summarise(
             run_ids = sorted(zip(group["seed"].astype(int), group["run_id"].astype(str)))
         result = RowResult(row, cells, run_ids, dict(unfinished.get(row.name, {})))
         if not row.reference and not run_ids:
-            result.command = run_command(spec.id, scale, row.name)
+            result.command = run_command(spec.id, scale, row.authors_of or row.name)
         rows.append(result)
 
     has_groups = any(r.group for r in spec.rows)
-    agreements = _rank(columns, rows, has_groups)
+    # The authors' checkpoints are a check of the evaluation, not rows of the paper's ranking.
+    agreements = _rank(columns, [r for r in rows if not r.row.authors_of], has_groups)
     return TableResult(spec, scale, columns, rows, agreements, has_groups,
                        any(r.x is not None for r in spec.rows))
 
