@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,75 @@ def show(ctx: click.Context, table: str | None, scale: str | None, study: str | 
 
 # -- run ---------------------------------------------------------------------------------------
 
+LAUNCHER_CHOICE = click.Choice(["local", "torchrun", "slurm"])
+
+
+def _slurm_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The SLURM settings of --launcher slurm (also settable per scale in a spec and in the
+    cluster file $LAFITE_CLUSTER_CONFIG or ~/.config/lafite-repro/cluster.yaml)."""
+    options = [
+        click.option("--partition", metavar="NAME", default=None, help="SLURM partition."),
+        click.option("--time", "time_limit", metavar="LIMIT", default=None,
+                     help="Time limit per job: minutes or D-HH:MM:SS (a job reaching it "
+                          "checkpoints, is requeued and resumes)."),
+        click.option("--account", metavar="NAME", default=None, help="SLURM account."),
+        click.option("--qos", metavar="NAME", default=None, help="SLURM quality of service."),
+        click.option("--constraint", metavar="FEATURES", default=None,
+                     help="Node features (sbatch --constraint)."),
+        click.option("--gpus-per-run", type=click.IntRange(min=0), default=None,
+                     help="GPUs (DDP processes) of one node per run; 0 = CPU."),
+        click.option("--cpus-per-task", type=click.IntRange(min=1), default=None,
+                     help="CPU cores per process."),
+        click.option("--mem-gb", type=click.IntRange(min=0), default=None,
+                     help="Memory per node in GB."),
+        click.option("--sbatch", "sbatch_args", multiple=True, metavar="--OPTION[=VALUE]",
+                     help="Extra sbatch argument (repeatable), e.g. --sbatch=--exclusive."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _slurm_settings(spec_section: dict[str, Any] | None, where: str,
+                    values: dict[str, Any]) -> Any:
+    from lafite.launch.settings import resolve
+
+    given = {k: v for k, v in values.items() if v not in (None, ())}
+    if "time_limit" in given:
+        given["time"] = given.pop("time_limit")
+    if "sbatch_args" in given:
+        given["sbatch"] = list(given.pop("sbatch_args"))
+    return resolve(spec_section, where, given)
+
+
+def _slurm_only(launcher: str, values: dict[str, Any]) -> None:
+    given = [k for k, v in values.items() if v not in (None, ())]
+    if launcher != "slurm" and given:
+        flag = {"time_limit": "time", "sbatch_args": "sbatch"}.get(given[0], given[0])
+        raise UserError(f"--{flag.replace('_', '-')} is a SLURM setting; add --launcher slurm")
+
+
+def _describe_submissions(full: Any, settings: Any, workspace: Workspace, out: Console) -> None:
+    """What --launcher slurm would submit: one sbatch line per job build and per run."""
+    from lafite import jobs as jobs_mod
+    from lafite.launch import slurm as slurm_mod
+    from lafite.runner import replace_gpus
+
+    out.print("SLURM jobs it would submit (sbatch options):")
+    builds: dict[str, str] = {}
+    for job in full.jobs:
+        if jobs_mod.artifact_path(job, workspace) is not None:
+            continue
+        name = slurm_mod.job_name("build", job.name, job.hash)
+        builds[job.hash] = f"<{name}>"
+        line = slurm_mod.sbatch_line(replace_gpus(settings, 1 if settings.gpus_per_run else 0), name)
+        out.print(f"  build {job.label}: {line}", markup=False)
+    for run in full.runs:
+        name = slurm_mod.job_name(full.spec.id, full.scale, run.row.name, f"s{run.seed}")
+        after = [builds[j.hash] for j in full.jobs_of_run[run.hash] if j.hash in builds]
+        out.print(f"  run {run.label}: {slurm_mod.sbatch_line(settings, name, after)}",
+                  markup=False)
+
 
 @main.command()
 @click.argument("table")
@@ -187,34 +257,63 @@ def show(ctx: click.Context, table: str | None, scale: str | None, study: str | 
 @click.option("--retrain-damaged", is_flag=True,
               help="Train finished runs whose final checkpoint is missing or damaged again from "
                    "scratch (their run folders are moved aside) instead of stopping.")
+@click.option("--launcher", type=LAUNCHER_CHOICE, default="local", show_default=True,
+              help="Where each run executes: in this process, as torchrun DDP processes on "
+                   "this node (--gpus), or as one SLURM job per run (submitit).")
+@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True,
+              help="--launcher torchrun: processes (one per GPU; gloo on a CPU) per run.")
+@click.option("--wait", is_flag=True,
+              help="--launcher slurm: wait until every submitted run has left the queue.")
+@_slurm_options
 @click.pass_context
 def run(ctx: click.Context, table: str, scale: str, rows: tuple[str, ...], seeds: int | None,
         assignments: tuple[str, ...], dry_run: bool, quiet: bool, tracking_uri: str | None,
-        verify: bool, retrain_damaged: bool) -> None:
+        verify: bool, retrain_damaged: bool, launcher: str, gpus: int, wait: bool,
+        **slurm_values: Any) -> None:
     """Run every row of TABLE at a scale; finished runs are skipped, interrupted ones resumed.
 
     To resume after an interruption, run the same command again. A finished run whose final
     checkpoint is missing or damaged stops the command with a list of such runs; restore the
-    files, or add --retrain-damaged.
+    files, or add --retrain-damaged. With --launcher slurm the command submits the jobs and
+    returns (watch them with `lafite-repro status TABLE`), or waits with --wait.
     """
     from lafite import runner
     from lafite import spec as spec_mod
 
+    _slurm_only(launcher, slurm_values)
     if not dry_run:
         _check_tracking(tracking_uri)
         _workspace(ctx).check()
     spec = spec_mod.find(table)
     extra = spec_mod.parse_assignments(assignments)
-    full = runner.make_plan(spec, scale, seeds, list(rows) or None, extra)
+    full = runner.make_plan(spec, scale, seeds, list(rows) or None, extra, _workspace(ctx))
+    settings = None
+    if launcher == "slurm":
+        section = spec.scales[scale].slurm if scale in spec.scales else {}
+        settings = _slurm_settings(section, f"{spec.path or spec.id}: scales.{scale}.slurm",
+                                   slurm_values)
     out = _out()
     if dry_run:
         runner.describe_plan(full, out)
+        if settings is not None:
+            _describe_submissions(full, settings, _workspace(ctx), out)
+        elif launcher == "torchrun":
+            out.print(f"each run: torchrun --standalone --nproc_per_node={gpus} "
+                      "-m lafite.launch.execute <run folder>/ticket.json", markup=False)
         return
     summary = runner.run_spec(
         spec, scale, _workspace(ctx), seeds=seeds, rows=list(rows) or None, extra=extra,
         tracking_uri=tracking_uri, quiet=quiet, verify=verify, retrain_damaged=retrain_damaged,
+        launcher=launcher, processes=gpus, slurm=settings, wait=wait,
     )
-    counts = {s: summary.count(s) for s in ("trained", "resumed", "retrained", "skipped", "failed")}
+    for label, job_id, how in summary.builds:
+        click.echo(f"build {label}: SLURM job {job_id} ({how})")
+    for o in summary.outcomes:
+        if o.job_id:
+            click.echo(f"{o.run.label}: SLURM job {o.job_id} ({o.status}; log: "
+                       f"{Path(_workspace(ctx).root, 'slurm', 'logs', o.job_id)})")
+    counts = {s: summary.count(s) for s in ("trained", "resumed", "retrained", "skipped",
+                                            "submitted", "queued", "failed")}
     line = f"{spec.id} ({scale}): {len(summary.outcomes)} run(s): " + ", ".join(
         f"{n} {s}" for s, n in counts.items() if n
     )
@@ -228,6 +327,46 @@ def run(ctx: click.Context, table: str, scale: str, rows: tuple[str, ...], seeds
         click.echo(f"error: {len(summary.failed)} run(s) failed: {names}. "
                    "Fix the cause and run the same command again to resume them.", err=True)
         ctx.exit(1)
+
+
+@main.command()
+@click.argument("table")
+@click.option("--scale", type=SCALE_CHOICE, default="mini", show_default=True)
+@click.option("--rows", "rows", multiple=True, metavar="NAME", help="Only this row (repeatable).")
+@click.option("--seeds", type=click.IntRange(min=1), default=None, metavar="N")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="The same overrides the runs were started with.")
+@click.option("--tracking-uri", metavar="URI", default=None)
+@click.pass_context
+def status(ctx: click.Context, table: str, scale: str, rows: tuple[str, ...], seeds: int | None,
+           assignments: tuple[str, ...], tracking_uri: str | None) -> None:
+    """Each run of TABLE: pending, running (kimg, metrics), requeued, finished, failed (why,
+    and its log), from MLflow and the SLURM queue."""
+    from lafite import runner
+    from lafite import spec as spec_mod
+    from lafite.status import table_status
+    from lafite.tracking import Tracker
+
+    _check_tracking(tracking_uri)
+    spec = spec_mod.find(table)
+    full = runner.make_plan(spec, scale, seeds, list(rows) or None,
+                            spec_mod.parse_assignments(assignments), _workspace(ctx))
+    tracker = Tracker(_workspace(ctx), tracking_uri)
+    states = table_status(full, _workspace(ctx), tracker)
+    out = _out()
+    shown = Table("run", "state", "kimg", "metrics", "SLURM job", "detail",
+                  title=f"{spec.id} ({scale})")
+    for st in states:
+        metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(st.metrics.items()))
+        kimg = f"{st.kimg:g}" if st.kimg is not None else ""
+        detail = st.detail + (f" (log: {st.log})" if st.log and st.state == "failed" else "")
+        shown.add_row(st.label, st.state, kimg, metrics, st.job_id, detail)
+    out.print(shown)
+    counts: dict[str, int] = {}
+    for st in states:
+        counts[st.state] = counts.get(st.state, 0) + 1
+    out.print(f"{spec.id} ({scale}): " + ", ".join(f"{n} {k}" for k, n in counts.items()),
+              markup=False)
 
 
 # -- tune, report ------------------------------------------------------------------------------
@@ -246,17 +385,32 @@ def run(ctx: click.Context, table: str, scale: str, rows: tuple[str, ...], seeds
 @click.option("--dry-run", is_flag=True, help="Print the search space and plan; run nothing.")
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--tracking-uri", metavar="URI", default=None)
+@click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local",
+              show_default=True,
+              help="local: worker processes on this machine; slurm: one SLURM job per worker "
+                   "(use a PostgreSQL or journal --storage that every node can reach).")
+@click.option("--wait", is_flag=True, help="--launcher slurm: wait for the workers to finish.")
+@_slurm_options
 @click.pass_context
 def tune(ctx: click.Context, study: str, scale: str, trials: int | None, workers: int,
-         storage: str | None, dry_run: bool, quiet: bool, tracking_uri: str | None) -> None:
+         storage: str | None, dry_run: bool, quiet: bool, tracking_uri: str | None,
+         launcher: str, wait: bool, **slurm_values: Any) -> None:
     """Tune hyper-parameters of a row with Optuna; running it again continues the study."""
     from lafite.tuning import run_study
 
+    _slurm_only(launcher, slurm_values)
+    settings = None
+    if launcher == "slurm":
+        settings = _slurm_settings(None, "", slurm_values)
     if not dry_run:
         _check_tracking(tracking_uri)
         _workspace(ctx).check()
     summary = run_study(study, _workspace(ctx), scale=scale, trials=trials, workers=workers,
-                        storage=storage, dry_run=dry_run, quiet=quiet, tracking_uri=tracking_uri)
+                        storage=storage, dry_run=dry_run, quiet=quiet, tracking_uri=tracking_uri,
+                        slurm=settings, wait=wait)
+    for index, job_id in enumerate(summary.worker_job_ids):
+        click.echo(f"worker {index}: SLURM job {job_id} (log: "
+                   f"{Path(_workspace(ctx).root, 'slurm', 'logs', job_id)})")
     if not dry_run:
         click.echo(summary.line())
 
@@ -531,6 +685,86 @@ def evaluate(ctx: click.Context, run_ref: str, metric_names: tuple[str, ...],
         )
     click.echo(json.dumps(result.to_dict(), indent=2, default=str))
 
+
+
+# -- import ------------------------------------------------------------------------------------
+
+
+@main.command("import")
+@click.argument("pkl", type=click.Path(dir_okay=False))
+@click.option("--name", metavar="NAME", default=None,
+              help="Name of the imported model (default: the snapshot's folder and file name); "
+                   "a spec row names it with `import: NAME`.")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Evaluation settings recorded with the model for `evaluate --run` (data.*, "
+                   "clip.*, eval.*), as in `run --set`; the layout comes from the snapshot.")
+@click.option("--tracking-uri", metavar="URI", default=None)
+@click.pass_context
+def import_cmd(ctx: click.Context, pkl: str, name: str | None, assignments: tuple[str, ...],
+               tracking_uri: str | None) -> None:
+    """Import an official LAFITE network-snapshot-*.pkl (the authors' checkpoints).
+
+    The pickle is read without running the code stored in it (only tensors, plain containers
+    and StyleGAN2-ADA persistence records are accepted), its parameters are mapped onto our
+    networks and their shapes checked, and the model is recorded as a finished MLflow run
+    (experiment "imported") that `evaluate --run`, `generate --run` and train.init_checkpoint
+    use like one of ours. Importing the same file under the same name again does nothing.
+    """
+    from lafite.importer import record_import
+    from lafite.spec import parse_assignments
+
+    _check_tracking(tracking_uri)
+    workspace = _workspace(ctx).check()
+    record = record_import(Path(pkl), workspace, name=name,
+                           overrides=parse_assignments(assignments) or None,
+                           tracking_uri=tracking_uri)
+    d = record.detected
+    channels = ", ".join(f"{r}:{c}" for r, c in d["channels"].items())
+    lines = {
+        "name": record.name + (" (already imported)" if record.reused else ""),
+        "MLflow run": record.run_id,
+        "checkpoint": str(record.checkpoint),
+        "source sha256": record.sha256,
+        "layout": (f"{d['resolution']} px, f_dim {d['f_dim']}, mapping layers "
+                   f"{d['mapping_layers']}, structure {d['structure']} ({d['cond_form']}), "
+                   f"channels {channels}"),
+        "parameters": f"G {record.params_G:,}, D {record.params_D:,}",
+        "import time": f"{record.seconds:.1f} s",
+    }
+    for key, value in lines.items():
+        click.echo(f"{key}: {value}")
+
+
+# -- data ------------------------------------------------------------------------------------
+
+
+@main.group(cls=_Group)
+def data() -> None:
+    """The paper's datasets in their published formats (lafite.data.formats)."""
+
+
+@data.command("check")
+@click.argument("name", metavar="NAME")
+@click.option("--root", required=True, metavar="DIR", type=click.Path(file_okay=False),
+              help="The dataset's folder as downloaded (or the folder holding NAME/).")
+@click.option("--split", "splits", multiple=True, type=click.Choice(["train", "test"]),
+              help="Check this split only (repeatable; default: both).")
+@click.option("--skip-corrupt", is_flag=True,
+              help="Count corrupt or missing items as skipped (as data.skip_corrupt: true does "
+                   "for runs) instead of failing.")
+@click.option("--no-scan", is_flag=True, help="Do not open every image (faster; lists only).")
+def data_check(name: str, root: str, splits: tuple[str, ...], skip_corrupt: bool,
+               no_scan: bool) -> None:
+    """Report what dataset NAME in DIR holds, read as training reads it: images per split,
+    captions per image, unreadable files, and what is missing with how to get it. Exits with
+    status 1 when a run on this data would stop."""
+    from lafite.data.formats.check import check_data, render
+
+    report = check_data(name, root, splits=splits or ("train", "test"),
+                        skip_corrupt=skip_corrupt, scan_images=not no_scan)
+    click.echo(render(report))
+    if report.problems:
+        sys.exit(1)
 
 if __name__ == "__main__":
     main()

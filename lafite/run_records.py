@@ -34,6 +34,7 @@ TAG_PARENT = "mlflow.parentRunId"
 
 # MLflow's run statuses as it stores them (mlflow.entities.RunStatus).
 FINISHED, RUNNING, FAILED, KILLED = "FINISHED", "RUNNING", "FAILED", "KILLED"
+SCHEDULED = "SCHEDULED"  # handed to a scheduler (SLURM) that has not started it yet
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from rich.table import Table
 from lafite import jobs as jobs_mod
 from lafite.config import RunConfig
 from lafite.errors import UserError
+from lafite.launch.execute import job_tags as launched_job_tags
 from lafite.locks import exclusive
 from lafite.spec import PlannedRun, Spec, plan
 from lafite.workspace import Workspace
@@ -59,10 +59,12 @@ def make_plan(
     seeds: int | None = None,
     rows: list[str] | tuple[str, ...] | None = None,
     extra: dict[str, Any] | None = None,
+    workspace: Workspace | None = None,
 ) -> FullPlan:
-    """Plan the runs and resolve their jobs; builds nothing, records nothing."""
+    """Plan the runs and resolve their jobs; builds nothing, records nothing. ``workspace``
+    is where rows naming an imported checkpoint by name find it."""
     definitions = jobs_mod.load_definitions()
-    runs = plan(spec, scale, seeds, rows, extra)
+    runs = plan(spec, scale, seeds, rows, extra, workspace=workspace)
     unique: dict[str, jobs_mod.Job] = {}
     jobs_of_run: dict[str, list[jobs_mod.Job]] = {}
     for planned in runs:
@@ -115,6 +117,12 @@ def describe_plan(full: FullPlan, console: Console, show_configs: bool = True) -
         names = sorted(set(who))
         shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
         console.print(f"  {where}  [{shown}]", markup=False)
+    if any(run.config.train.precision == "auto" for run in full.runs):
+        from lafite import precision
+
+        for line in sorted({precision.describe(r.config) for r in full.runs
+                            if r.config.train.precision == "auto"}):
+            console.print(line, markup=False)
     if show_configs and full.runs:
         console.print(f"[bold]resolved configuration[/bold] of {full.runs[0].label}:")
         console.print(yaml.safe_dump(full.runs[0].config.to_dict(), sort_keys=False), markup=False)
@@ -355,10 +363,13 @@ class RunLock:
 @dataclass
 class RunOutcome:
     run: PlannedRun
-    status: str  # "trained", "resumed", "retrained" (was damaged), "skipped", "failed"
+    # "trained", "resumed", "retrained" (was damaged), "skipped", "failed"; with SLURM also
+    # "submitted" and "queued" (already in the queue from an earlier or concurrent `run`).
+    status: str
     run_id: str = ""
     seconds: float = 0.0
     error: str = ""
+    job_id: str = ""
 
 
 @dataclass
@@ -367,6 +378,8 @@ class Summary:
     scale: str
     parent_run_id: str = ""
     outcomes: list[RunOutcome] = field(default_factory=list)
+    # SLURM: (job label, SLURM job id, "submitted" or "queued") of each job build it waits on.
+    builds: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def failed(self) -> list[RunOutcome]:
@@ -390,6 +403,10 @@ def run_spec(
     poll_seconds: float = 2.0,
     verify: bool = False,
     retrain_damaged: bool = False,
+    launcher: str = "local",
+    processes: int = 1,
+    slurm: Any = None,
+    wait: bool = False,
 ) -> Summary:
     """Train every planned run of ``spec`` at ``scale`` that is not finished yet.
 
@@ -397,10 +414,25 @@ def run_spec(
     also reads each file through) stops the command with a :class:`UserError` naming each such
     run, unless ``retrain_damaged``: then its run folder is moved aside, its MLflow run marked
     damaged, and it is trained again from scratch under a new MLflow run.
+
+    ``launcher`` says where a run executes: "local" (in this process), "torchrun" (``processes``
+    DDP ranks on this node, started and awaited here) or "slurm" (``slurm``: SlurmSettings;
+    jobs and runs are submitted and this returns, or with ``wait`` waits for them).
     """
     console = console or Console(stderr=True, quiet=quiet)
-    full = make_plan(spec, scale, seeds, rows, extra)
+    full = make_plan(spec, scale, seeds, rows, extra, workspace)
+    if launcher == "slurm":
+        from lafite.launch import slurm as slurm_mod
+
+        slurm_mod.check_cluster(slurm)
+    elif launcher == "torchrun":
+        from lafite.launch import torchrun
+
+        torchrun.check_gpus(processes, sorted({r.config.train.device for r in full.runs}))
     preflight(full, workspace)
+    if launcher == "slurm":
+        return submit_to_slurm(full, workspace, slurm, tracking_uri=tracking_uri,
+                               console=console, wait=wait, poll_seconds=poll_seconds)
     if not verify and not retrain_damaged:
         done = finished_without_mlflow(full, workspace, tracking_uri)
         if done is not None:
@@ -437,10 +469,7 @@ def run_spec(
             console.print(f"  done in {time.perf_counter() - started:.1f} s")
 
     def job_tags(run: PlannedRun) -> dict[str, str]:
-        """Which build of each job this run used (two rows may need two builds of one job,
-        e.g. Table 6's two world CLIPs)."""
-        return {f"lafite.job.{job.name}": f"{job.hash} {jobs_mod.artifact_path(job, workspace)}"
-                for job in full.jobs_of_run[run.hash]}
+        return launched_job_tags(full.jobs_of_run[run.hash], workspace)
 
     parent_id = tracker.parent_run(spec.id, scale)
     summary.parent_run_id = parent_id
@@ -466,6 +495,8 @@ def run_spec(
                         progress.advance(overall)
                         advanced = True
                         continue
+                    if held_by_slurm(workspace, run.hash):
+                        continue
                     lock = RunLock(locks / f"run-{run.hash}.lock")
                     if not lock.acquire():
                         continue
@@ -479,13 +510,18 @@ def run_spec(
                             record = None
                         if record is not None and record.status == FINISHED:
                             outcome = RunOutcome(run, "skipped", record.run_id)
+                        elif launcher == "torchrun":
+                            outcome = _train_torchrun(
+                                tracker, run, parent_id, workspace, tracking_uri,
+                                resume_run_id=record.run_id if record else None,
+                                processes=processes, progress=progress,
+                            )
                         else:
                             outcome = _train_one(
                                 tracker, run, parent_id, workspace, job_tags(run),
                                 full.jobs_of_run[run.hash],
                                 resume_run_id=record.run_id if record else None,
                                 progress=progress, console=console,
-                                statuses=(FINISHED, FAILED, KILLED),
                             )
                             if retrain and outcome.status == "trained":
                                 outcome.status = "retrained"
@@ -527,96 +563,231 @@ def _train_one(
     resume_run_id: str | None,
     progress: Progress,
     console: Console,
-    statuses: tuple[str, str, str],
 ) -> RunOutcome:
-    """Train (or resume) one run under its MLflow child run."""
-    from lafite.checkpoint import file_fingerprint
-    from lafite.tracking import (
-        TAG_CHECKPOINT,
-        TAG_CHECKPOINT_SHA256,
-        TAG_CHECKPOINT_SIZE,
-        TAG_RUN_DIR,
-    )
-    from lafite.train import TrainCallbacks, train_run
+    """Train (or resume) one run in this process under its MLflow child run."""
+    from lafite.launch.execute import TAG_LAUNCHER, retire_failure, train_and_record
+    from lafite.tracking import TAG_RUN_DIR
 
-    finished, failed, killed = statuses
     cfg = run.config
     run_dir = workspace.runs_dir / run.hash
     logger = tracker.start_child(
         run.spec_id, parent_id, row=run.row.name, scale=run.scale, seed=run.seed,
         config_hash=run.hash, config=cfg.to_dict(), flat_params=cfg.flat(),
-        extra_tags={TAG_RUN_DIR: str(run_dir), **job_tags}, resume_run_id=resume_run_id,
+        extra_tags={TAG_RUN_DIR: str(run_dir), TAG_LAUNCHER: "local", **job_tags},
+        resume_run_id=resume_run_id,
     )
+    if resume_run_id:
+        retire_failure(tracker.client, logger.run_id)
     task = progress.add_task(run.label, total=cfg.train.kimg)
-    started = time.perf_counter()
-    evaluated_at: list[float] = []
-
-    def on_metrics(kimg: float, values: dict[str, Any]) -> None:
-        logger.log_metrics(kimg, values)
-        progress.update(task, completed=kimg)
-
-    def on_evaluate(kimg: float, values: dict[str, Any]) -> None:
-        evaluated_at.append(kimg)
-        values = dict(values)
-        full_result = values.pop(EVALUATION_KEY, None)
-        logger.log_metrics(kimg, values)
-        if full_result is not None:
-            logger.log_text(json.dumps(full_result, indent=2, default=str),
-                            f"evaluation/kimg_{kimg:010.3f}.json")
-            skipped = full_result.get("not_computed") or {}
-            if skipped:
-                logger.set_tags({f"lafite.not_computed.{k}": str(v)[:500] for k, v in skipped.items()})
-
-    extra: dict[str, Any] = {}
-    for job in needed:
-        path = jobs_mod.artifact_path(job, workspace)
-        if job.name == cfg.perturb.nn_job and job.kind == "inference-model":
-            from lafite.perturb import load_inference_model
-
-            extra["inference_model"] = load_inference_model(path)
-        elif job.name == cfg.train.init_job and job.kind == "generator":
-            extra["init_checkpoint"] = path
-        elif job.name == cfg.data.captions_job and job.kind == "captioner":
-            extra["captions"] = path
-
-    callbacks = TrainCallbacks(
-        on_metrics=on_metrics,
-        on_evaluate=on_evaluate,
-        on_artifact=lambda path: logger.log_artifact(path, "samples"),
-        on_checkpoint=lambda path: None,
-        evaluate=make_evaluator(cfg, workspace),
-    )
-    evaluate = callbacks.evaluate
     try:
-        result = train_run(cfg, run_dir, workspace, callbacks, **extra)
-        if not evaluated_at or evaluated_at[-1] < result.kimg:
-            # Killed after the last checkpoint but before (or during) the final evaluation:
-            # training has nothing left to do, the evaluation still has.
-            from lafite.train import load_generator
-
-            g_ema, _ = load_generator(result.final_checkpoint)
-            on_evaluate(result.kimg, evaluate(g_ema, result.kimg))
-    except KeyboardInterrupt:
-        logger.close(killed)
-        raise
-    except UserError:
-        logger.close(failed)
-        raise
-    except Exception as exc:  # recorded, reported at the end; the other rows still run
-        logger.close(failed)
-        console.print(f"[red]{run.label} failed:[/red] {type(exc).__name__}: {exc}")
-        return RunOutcome(run, "failed", logger.run_id, time.perf_counter() - started, repr(exc))
+        recorded = train_and_record(
+            logger, cfg, run_dir, workspace, needed,
+            on_progress=lambda kimg: progress.update(task, completed=kimg),
+            on_failure=lambda reason: console.print(f"[red]{run.label} failed:[/red] {reason}"),
+        )
     finally:
         progress.remove_task(task)
-    checkpoint = str(Path(result.final_checkpoint).resolve())
-    # Recorded so that a later `run` can tell a damaged checkpoint from a finished one.
-    size, sha256 = file_fingerprint(Path(checkpoint))
-    logger.set_tags({TAG_CHECKPOINT: checkpoint, TAG_CHECKPOINT_SIZE: str(size),
-                     TAG_CHECKPOINT_SHA256: sha256})
-    logger.log_text(checkpoint + "\n", "final_checkpoint.txt")
-    logger.close(finished)
+    if recorded.status == "failed":
+        return RunOutcome(run, "failed", logger.run_id, recorded.seconds, recorded.error)
     status = "resumed" if resume_run_id else "trained"
-    return RunOutcome(run, status, logger.run_id, time.perf_counter() - started)
+    return RunOutcome(run, status, logger.run_id, recorded.seconds)
+
+
+def _train_torchrun(
+    tracker: Any,
+    run: PlannedRun,
+    parent_id: str,
+    workspace: Workspace,
+    tracking_uri: str | None,
+    *,
+    resume_run_id: str | None,
+    processes: int,
+    progress: Progress,
+) -> RunOutcome:
+    """Train (or resume) one run as ``processes`` torchrun ranks and read how it ended."""
+    from lafite.launch import torchrun
+    from lafite.launch.execute import TAG_FAILURE, TAG_LAUNCHER
+    from lafite.tracking import FAILED, FINISHED, TAG_RUN_DIR
+
+    started = time.perf_counter()
+    run_dir = workspace.runs_dir / run.hash
+    ticket = _ticket(tracker, run, parent_id, workspace, tracking_uri, resume_run_id,
+                     {TAG_LAUNCHER: "torchrun", TAG_RUN_DIR: str(run_dir)})
+    log = run_dir / "torchrun.log"
+    task = progress.add_task(run.label, total=run.config.train.kimg)
+    try:
+        code = torchrun.launch(Path(ticket.path), processes, log,
+                               lambda kimg: progress.update(task, completed=kimg))
+    finally:
+        progress.remove_task(task)
+    seconds = time.perf_counter() - started
+    mlflow_run = tracker.client.get_run(ticket.run_id)
+    if mlflow_run.info.status == FINISHED and code == 0:
+        return RunOutcome(run, "resumed" if resume_run_id else "trained", ticket.run_id, seconds)
+    reason = mlflow_run.data.tags.get(TAG_FAILURE) or f"torchrun exited with code {code}"
+    if mlflow_run.info.status != FAILED:
+        tracker.client.set_tag(ticket.run_id, TAG_FAILURE, f"{reason}; log: {log}")
+        tracker.client.set_terminated(ticket.run_id, status=FAILED)
+    return RunOutcome(run, "failed", ticket.run_id, seconds, f"{reason} (log: {log})")
+
+
+def _ticket(tracker: Any, run: PlannedRun, parent_id: str, workspace: Workspace,
+            tracking_uri: str | None, resume_run_id: str | None, tags: dict[str, str],
+            status: str = "RUNNING") -> Any:
+    """Open (or reuse) the run's MLflow child run and write the ticket its processes read."""
+    from lafite.launch.ticket import RunTicket, write_ticket
+
+    cfg = run.config
+    run_id = resume_run_id
+    if run_id is None:
+        run_id = tracker.create_child(
+            run.spec_id, parent_id, row=run.row.name, scale=run.scale, seed=run.seed,
+            config_hash=run.hash, config=cfg.to_dict(), flat_params=cfg.flat(), extra_tags=tags,
+            status=status)
+    else:
+        tracker.client.update_run(run_id, status=status)
+        for key, value in tags.items():
+            tracker.client.set_tag(run_id, key, value)
+    ticket = RunTicket(
+        spec_id=run.spec_id, scale=run.scale, row=run.row.name, seed=run.seed, hash=run.hash,
+        config=cfg.to_dict(), run_dir=str(workspace.runs_dir / run.hash),
+        workspace=str(workspace.root), tracking_uri=tracking_uri, run_id=run_id,
+        parent_id=parent_id)
+    write_ticket(ticket)
+    return ticket
+
+
+# -- SLURM ---------------------------------------------------------------------------------------
+
+
+def held_by_slurm(workspace: Workspace, run_hash: str) -> str:
+    """The SLURM job id holding this run (queued or running), or ""."""
+    from lafite.launch import slurm as slurm_mod
+
+    record = slurm_mod.read_record(workspace, f"run-{run_hash}")
+    if record is None:
+        return ""
+    state = slurm_mod.job_states([record["job_id"]], {record["job_id"]: record.get("log", "")})
+    return record["job_id"] if state[record["job_id"]].active else ""
+
+
+def submit_to_slurm(full: FullPlan, workspace: Workspace, settings: Any, *,
+                    tracking_uri: str | None, console: Console, wait: bool,
+                    poll_seconds: float = 2.0) -> Summary:
+    """Submit the jobs the rows need that are not built, then every row that is neither
+    finished nor already queued, each depending (afterok) on the builds it needs."""
+    from lafite.launch import slurm as slurm_mod
+    from lafite.launch.execute import TAG_FAILURE, TAG_LAUNCHER, TAG_SLURM_JOB, TAG_SLURM_LOG
+    from lafite.run_records import SCHEDULED
+    from lafite.tracking import FAILED, FINISHED, TAG_RUN_DIR, Tracker
+
+    tracker = Tracker(workspace, tracking_uri)
+    tracker.check()
+    summary = Summary(full.spec.id, full.scale)
+    with slurm_mod.submission_lock(workspace):
+        build_ids: dict[str, str] = {}
+        for job in full.jobs:
+            if jobs_mod.artifact_path(job, workspace) is not None:
+                continue
+            key = f"job-{job.hash}"
+            record = slurm_mod.read_record(workspace, key)
+            if record is not None and slurm_mod.job_states(
+                    [record["job_id"]], {record["job_id"]: record["log"]})[record["job_id"]].active:
+                build_ids[job.hash] = record["job_id"]
+                summary.builds.append((job.label, record["job_id"], "queued"))
+                continue
+            name = slurm_mod.job_name("build", job.name, job.hash)
+            build_settings = replace_gpus(settings, 1 if settings.gpus_per_run else 0)
+            submitted = slurm_mod.submit(slurm_mod.BuildTask(job, str(workspace.root)),
+                                         build_settings, workspace, name)
+            slurm_mod.write_record(workspace, key, submitted)
+            build_ids[job.hash] = submitted.job_id
+            summary.builds.append((job.label, submitted.job_id, "submitted"))
+
+        parent_id = tracker.parent_run(full.spec.id, full.scale)
+        summary.parent_run_id = parent_id
+        for run in full.runs:
+            record = tracker.find_child(full.spec.id, run.hash)
+            if record is not None and record.status == FINISHED:
+                summary.outcomes.append(RunOutcome(run, "skipped", record.run_id))
+                continue
+            key = f"run-{run.hash}"
+            previous = slurm_mod.read_record(workspace, key)
+            if previous is not None:
+                state = slurm_mod.job_states([previous["job_id"]],
+                                             {previous["job_id"]: previous["log"]})[previous["job_id"]]
+                if state.active:
+                    summary.outcomes.append(RunOutcome(run, "queued", record.run_id if record else "",
+                                                       job_id=previous["job_id"]))
+                    continue
+                if record is not None and record.status != FAILED:
+                    # Killed by the scheduler (memory, time, node) before it could say so itself.
+                    why = f"SLURM job {previous['job_id']} ended {state.state}"
+                    why += f" ({state.reason})" if state.reason else ""
+                    tracker.client.set_tag(record.run_id, TAG_FAILURE,
+                                           f"{why}; log: {previous['log']}")
+                    tracker.client.set_terminated(record.run_id, status=FAILED)
+            holder = RunLock(workspace.locks_dir / f"run-{run.hash}.lock").holder()
+            if holder and not RunLock(workspace.locks_dir / f"run-{run.hash}.lock").is_stale(holder):
+                summary.outcomes.append(RunOutcome(run, "queued", record.run_id if record else "",
+                                                   error=f"being trained locally by pid {holder.get('pid')}"))
+                continue
+            after = [build_ids[j.hash] for j in full.jobs_of_run[run.hash] if j.hash in build_ids]
+            run_dir = workspace.runs_dir / run.hash
+            ticket = _ticket(tracker, run, parent_id, workspace, tracking_uri,
+                             record.run_id if record else None,
+                             {TAG_LAUNCHER: "slurm", TAG_RUN_DIR: str(run_dir)}, status=SCHEDULED)
+            name = slurm_mod.job_name(full.spec.id, full.scale, run.row.name, f"s{run.seed}")
+            task = slurm_mod.RunTask(ticket.path, max(settings.gpus_per_run, 1),
+                                     settings.gpus_per_run)
+            try:
+                submitted = slurm_mod.submit(task, settings, workspace, name, after)
+            except UserError:
+                tracker.client.set_terminated(ticket.run_id, status=FAILED)
+                raise
+            slurm_mod.write_record(workspace, key, submitted, run_id=ticket.run_id)
+            tracker.client.set_tag(ticket.run_id, TAG_SLURM_JOB, submitted.job_id)
+            tracker.client.set_tag(ticket.run_id, TAG_SLURM_LOG, submitted.log)
+            summary.outcomes.append(RunOutcome(run, "submitted", ticket.run_id,
+                                               job_id=submitted.job_id))
+    if wait:
+        _wait_for_slurm(summary, workspace, tracker, console, poll_seconds)
+    return summary
+
+
+def replace_gpus(settings: Any, gpus: int) -> Any:
+    from dataclasses import replace
+
+    return replace(settings, gpus_per_run=gpus)
+
+
+def _wait_for_slurm(summary: Summary, workspace: Workspace, tracker: Any, console: Console,
+                    poll_seconds: float) -> None:
+    """Until every submitted or queued run has left the queue; outcomes become "trained" or
+    "failed" (with the reason MLflow or the scheduler gives)."""
+    from lafite.launch import slurm as slurm_mod
+    from lafite.launch.execute import TAG_FAILURE
+    from lafite.tracking import FINISHED
+
+    waiting = [o for o in summary.outcomes if o.status in ("submitted", "queued") and o.job_id]
+    started = time.monotonic()
+    while waiting:
+        states = slurm_mod.job_states([o.job_id for o in waiting])
+        for o in list(waiting):
+            if states[o.job_id].active:
+                continue
+            run = tracker.client.get_run(o.run_id)
+            if run.info.status == FINISHED:
+                o.status = "trained"
+            else:
+                st = states[o.job_id]
+                o.status = "failed"
+                o.error = run.data.tags.get(TAG_FAILURE) or (
+                    f"SLURM job {o.job_id} ended {st.state}" + (f" ({st.reason})" if st.reason else ""))
+            o.seconds = time.monotonic() - started
+            waiting.remove(o)
+        if waiting:
+            time.sleep(poll_seconds)
 
 
 # -- damaged artefacts of finished runs ----------------------------------------------------------
@@ -710,25 +881,6 @@ def _set_aside(tracker: Any, damaged: Damaged, workspace: Workspace, console: Co
                                          f"{where}; retrained under a new MLflow run")
 
 
-EVALUATION_KEY = "_evaluation"
-
-
-def make_evaluator(cfg: RunConfig, workspace: Workspace) -> Callable[[Any, float], dict[str, Any]]:
-    """The evaluation training calls periodically and at the end (the metrics module's).
-
-    Returns MLflow-ready metric values plus the full result (not-computed reasons, labels,
-    details) under ``EVALUATION_KEY``, which the runner stores as a JSON artifact.
-    """
-
-    def evaluate(g_ema: Any, kimg: float) -> dict[str, Any]:
-        from lafite.metrics.evaluate import evaluate_generator
-
-        result = evaluate_generator(cfg, g_ema, workspace)
-        return {**result.for_tracking(), EVALUATION_KEY: result.to_dict()}
-
-    return evaluate
-
-
 def print_summary(summary: Summary, console: Console) -> None:
     table = Table("row", "seed", "outcome", "seconds", "MLflow run", title=f"{summary.spec_id} ({summary.scale})")
     for o in summary.outcomes:
@@ -745,7 +897,6 @@ __all__ = [
     "damaged_message",
     "describe_plan",
     "find_damaged",
-    "make_evaluator",
     "make_plan",
     "preflight",
     "print_summary",

@@ -41,8 +41,11 @@ import yaml
 
 from lafite.config import RunConfig
 from lafite.errors import ConfigError, UserError
+from lafite.launch.settings import SlurmSettings
 
 SCALES = ("smoke", "mini", "paper")
+# The label of the row a spec row's ``import:`` adds (lafite/importer.py).
+AUTHORS_CHECKPOINT = "authors' checkpoint"
 
 # Roles a row may name in ``needs`` and the RunConfig field that takes the job's name.
 NEEDS_FIELDS = {"inference_model": "perturb.nn_job", "generator": "train.init_job",
@@ -77,6 +80,8 @@ class ScaleSpec:
     name: str
     overrides: dict[str, Any]
     seeds: int = 1
+    # SLURM settings a table needs at this scale (time limit, GPUs per run): lafite.launch.settings
+    slurm: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,25 @@ class RowSpec:
     notes: str = ""
     # "file: rows[i] 'name'", for messages about this row.
     where: str = ""
+    # ``import:``: an authors' checkpoint to evaluate beside this row, by scale ("*": every
+    # scale); a name of `lafite-repro import` or the path of an official snapshot.
+    imports: dict[str, str] = field(default_factory=dict)
+    # Set on the row an import adds: the name of the row whose authors' checkpoint it is.
+    authors_of: str = ""
+
+    def import_ref(self, scale: str) -> str:
+        """The authors' checkpoint this row names at ``scale`` ("" for none)."""
+        return self.imports.get(scale, self.imports.get("*", ""))
+
+    def authors_row(self) -> RowSpec:
+        """The row an ``import:`` adds: the authors' checkpoint, evaluated with this row's
+        settings, shown between the paper's number and this row's run."""
+        return RowSpec(
+            name=f"{self.name}: {AUTHORS_CHECKPOINT}", paper=dict(self.paper), group=self.group,
+            series=f"{self.series}: {AUTHORS_CHECKPOINT}" if self.series else "", x=self.x,
+            dataset=self.dataset, notes=f"the authors' released model, evaluated with the "
+            f"settings of row {self.name!r}", where=f"{self.where} import", authors_of=self.name,
+        )
 
 
 @dataclass(frozen=True)
@@ -117,6 +141,48 @@ class Spec:
     @property
     def trainable_rows(self) -> tuple[RowSpec, ...]:
         return tuple(r for r in self.rows if not r.reference)
+
+    def report_rows(self, scale: str) -> tuple[RowSpec, ...]:
+        """The rows as the report lists them at ``scale``: each row that imports an authors'
+        checkpoint there is preceded by the row of that checkpoint."""
+        out: list[RowSpec] = []
+        for row in self.rows:
+            if row.import_ref(scale):
+                out.append(row.authors_row())
+            out.append(row)
+        return tuple(out)
+
+    def resolve_import(self, row: RowSpec, scale: str, extra: dict[str, Any] | None = None,
+                       workspace: Any = None) -> tuple[RowSpec, RunConfig, str]:
+        """The run of the authors' checkpoint that ``row`` names at ``scale``: the row's own
+        settings (data, CLIP, evaluation), with the checkpoint's layout, evaluated without
+        training (mode zero-shot, train.init_checkpoint). Returns (its row, its configuration,
+        the sha256 of the checkpoint's source file)."""
+        from lafite.importer import resolve_reference
+
+        ref = row.import_ref(scale)
+        where = f"{row.where or row.name}: import (scale {scale})"
+        try:
+            checkpoint, detected, sha256 = resolve_reference(ref, workspace)
+        except UserError as exc:
+            raise SpecError(f"{where}: {exc}") from None
+        cfg = self.resolve(row, scale, 0, extra)
+        if cfg.data.resolution != detected.resolution:
+            raise SpecError(
+                f"{where}: {ref!r} is a {detected.resolution} px model and this row runs at "
+                f"{cfg.data.resolution} px at scale {scale}; name the import only for the scales "
+                f"it fits (import: {{paper: {ref}}})"
+            )
+        layout = {k: v for k, v in detected.model_overrides().items() if k != "data.resolution"}
+        try:
+            cfg = cfg.override({
+                **layout, "mode": "zero-shot", "train.init_checkpoint": str(checkpoint),
+                "train.init_job": "", "data.paired_fraction": 1.0, "perturb.kind": "none",
+                "perturb.nn_job": "", "data.captions_job": "", "data.captions_file": "",
+            }, where=where).checked(where)
+        except ConfigError as exc:
+            raise SpecError(str(exc)) from None
+        return row.authors_row(), cfg, sha256
 
     def row(self, name: str) -> RowSpec:
         for r in self.rows:
@@ -240,6 +306,7 @@ _ROW_KEYS = {
     "dataset": str,
     "scales": dict,
     "notes": str,
+    "import": (str, dict),
 }
 _X_AXIS_KEYS = {"label": str, "log": bool, "unit": str}
 
@@ -381,7 +448,12 @@ def parse(data: Any, path: Path) -> Spec:
             raise SpecError(f"{name}: {where}.seeds: must be a positive integer, got {seeds!r}")
         if "scale" in body:
             raise SpecError(f"{name}: {where}: 'scale' is set by the scale's name; remove it")
-        scales[scale_name] = ScaleSpec(scale_name, body, seeds)
+        slurm = body.pop("slurm", None) or {}
+        try:
+            SlurmSettings().merged(slurm, f"{name}: {where}.slurm")
+        except UserError as exc:
+            raise SpecError(str(exc)) from None
+        scales[scale_name] = ScaleSpec(scale_name, body, seeds, dict(slurm))
 
     rows: list[RowSpec] = []
     seen: set[str] = set()
@@ -455,6 +527,22 @@ def _parse_row(
         if not isinstance(body, dict):
             raise SpecError(f"{where}: scales.{scale_name}: expected a mapping of overrides")
         row_scales[scale_name] = body
+    imports: dict[str, str] = {}
+    raw_import = entry.get("import")
+    if reference and raw_import is not None:
+        raise SpecError(f"{where}: a reference row (paper numbers only) cannot have 'import'")
+    if isinstance(raw_import, str):
+        imports["*"] = raw_import
+    elif isinstance(raw_import, dict):
+        for scale_name, ref in raw_import.items():
+            if scale_name not in scales:
+                raise SpecError(
+                    f"{where}: import.{scale_name}: not a scale of this spec ({', '.join(scales)})"
+                )
+            if not isinstance(ref, str) or not ref:
+                raise SpecError(f"{where}: import.{scale_name}: give the name of an imported "
+                                "model or the path of an official snapshot")
+            imports[scale_name] = ref
     x = entry.get("x")
     dataset = entry.get("dataset", "")
     group = entry.get("group", "")
@@ -479,6 +567,7 @@ def _parse_row(
         scale_overrides=row_scales,
         notes=entry.get("notes", ""),
         where=where,
+        imports=imports,
     )
 
 
@@ -565,6 +654,7 @@ def plan(
     seeds: int | None = None,
     rows: list[str] | tuple[str, ...] | None = None,
     extra: dict[str, Any] | None = None,
+    workspace: Any = None,
 ) -> list[PlannedRun]:
     """Every run of ``spec`` at ``scale``: one per trainable row and seed, in row order.
 
@@ -593,6 +683,12 @@ def plan(
 
     planned: list[PlannedRun] = []
     for row in selected:
+        if row.import_ref(scale):
+            # The authors' checkpoint: one evaluation (no seeds to average over), whose hash
+            # also names the checkpoint's source file by its sha256.
+            authors, cfg, sha256 = spec.resolve_import(row, scale, extra, workspace)
+            job_hashes = {**jobs.run_job_hashes(cfg), "import": sha256}
+            planned.append(PlannedRun(spec.id, authors, scale, 0, cfg, run_hash(cfg, job_hashes)))
         for seed in range(n_seeds):
             cfg = spec.resolve(row, scale, seed, extra)
             job_hashes = jobs.run_job_hashes(cfg)

@@ -70,6 +70,13 @@ from lafite.run_records import (  # noqa: F401  (re-exported: the tracking API)
 )
 from lafite.workspace import Workspace
 
+# Authors' checkpoints read by `lafite-repro import` (lafite/importer.py): one experiment, one
+# finished run per import, tagged with where the file came from.
+IMPORT_EXPERIMENT = "imported"
+TAG_IMPORTED = "lafite.imported"
+TAG_IMPORT_NAME = "lafite.import.name"
+TAG_IMPORT_SOURCE = "lafite.import.source"
+TAG_IMPORT_SHA256 = "lafite.import.sha256"
 MAX_PARAM_CHARS = 500  # MLflow rejects longer param values
 _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
@@ -284,11 +291,32 @@ class Tracker:
         Params, tags and the resolved configuration are written before training starts, so a
         run killed at any point is still findable by its hash and resumable.
         """
-        exp_id = self.experiment_id(spec_id)
-        assert exp_id is not None
         if resume_run_id is not None:
             self.client.update_run(resume_run_id, status=RUNNING)
             return RunLogger(self.client, resume_run_id)
+        run_id = self.create_child(spec_id, parent_id, row=row, scale=scale, seed=seed,
+                                   config_hash=config_hash, config=config,
+                                   flat_params=flat_params, extra_tags=extra_tags)
+        return RunLogger(self.client, run_id)
+
+    def create_child(
+        self,
+        spec_id: str,
+        parent_id: str,
+        *,
+        row: str,
+        scale: str,
+        seed: int,
+        config_hash: str,
+        config: Mapping[str, Any],
+        flat_params: Mapping[str, Any],
+        extra_tags: Mapping[str, str] | None = None,
+        status: str = RUNNING,
+    ) -> str:
+        """Create the child run of one (row, seed) with its params, tags and configuration;
+        ``status`` SCHEDULED for a run handed to a scheduler that has not started it."""
+        exp_id = self.experiment_id(spec_id)
+        assert exp_id is not None
         tags = {
             TAG_PARENT: parent_id,
             TAG_SPEC: spec_id,
@@ -306,7 +334,9 @@ class Tracker:
         for start in range(0, len(params), _PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=params[start : start + _PARAMS_PER_BATCH])
         self.client.log_text(run_id, yaml.safe_dump(dict(config), sort_keys=False), "config.yaml")
-        return RunLogger(self.client, run_id)
+        if status != RUNNING:
+            self.client.update_run(run_id, status=status)
+        return run_id
 
     # -- reading, for report and tune -----------------------------------------------------------
     def runs_frame(
@@ -393,6 +423,53 @@ class Tracker:
         marked FAILED, so that nothing takes it for a result or for the run of its hash."""
         self.client.set_tag(run_id, TAG_DAMAGED, problem[:5000])
         self.client.update_run(run_id, status=FAILED)
+
+    def record_import(
+        self,
+        name: str,
+        *,
+        checkpoint: Path,
+        checkpoint_size: int,
+        checkpoint_sha256: str,
+        source: str,
+        source_sha256: str,
+        detected: Mapping[str, Any],
+        config: Mapping[str, Any],
+        flat_params: Mapping[str, Any],
+        extra: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Record an authors' checkpoint read by ``lafite-repro import`` (lafite/importer.py)
+        as a finished run of the experiment ``imported``, tagged ``lafite.role = imported``,
+        with the source file's sha256 and the detected layout (``import.*`` params), so that
+        ``evaluate --run`` and ``generate --run`` find its checkpoint like one of ours."""
+        import json
+
+        exp_id = self.experiment_id(IMPORT_EXPERIMENT)
+        assert exp_id is not None
+        tags = {
+            TAG_ROLE: "imported",
+            TAG_IMPORTED: "true",
+            TAG_IMPORT_NAME: name,
+            TAG_IMPORT_SOURCE: source,
+            TAG_IMPORT_SHA256: source_sha256,
+            TAG_CHECKPOINT: str(checkpoint),
+            TAG_CHECKPOINT_SIZE: str(checkpoint_size),
+            TAG_CHECKPOINT_SHA256: checkpoint_sha256,
+            TAG_RUN_DIR: str(Path(checkpoint).parent),
+            **provenance_tags(),
+        }
+        run = self.client.create_run(exp_id, run_name=f"{name} (imported)", tags=tags)
+        run_id = run.info.run_id
+        values = {**{f"import.{k}": v for k, v in detected.items()},
+                  **{f"import.{k}": v for k, v in (extra or {}).items()}, **flat_params}
+        params = [Param(k, _param_value(v)) for k, v in values.items()]
+        for start in range(0, len(params), _PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=params[start : start + _PARAMS_PER_BATCH])
+        self.client.log_text(run_id, yaml.safe_dump(dict(config), sort_keys=False), "config.yaml")
+        self.client.log_text(run_id, json.dumps(dict(detected), indent=2, default=str),
+                             "import.json")
+        self.client.set_terminated(run_id, status=FINISHED)
+        return run_id
 
     def run_checkpoint(self, run_ref: str) -> Path:
         """The final checkpoint of a run named by its MLflow run id."""

@@ -594,6 +594,7 @@ class StudySummary:
     artifacts_dir: str = ""
     dry_run: bool = False
     worker_exit_codes: list[int] = field(default_factory=list)
+    worker_job_ids: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> int:
@@ -624,6 +625,8 @@ def run_study(
     heartbeat_interval: int = HEARTBEAT_INTERVAL_S,
     grace_period: int = GRACE_PERIOD_S,
     console: Any = None,
+    slurm: Any = None,
+    wait: bool = False,
 ) -> StudySummary:
     """Run (or continue) a study until ``trials`` trials are COMPLETE or PRUNED.
 
@@ -631,6 +634,10 @@ def run_study(
     ``python -m lafite.tuning``). Running the same call again continues the study: failed
     trials are re-queued with their parameters, and a trial whose worker died is failed and
     retried once its heartbeat is older than ``grace_period`` seconds.
+
+    With ``slurm`` (SlurmSettings) the ``workers`` are SLURM jobs instead, sharing a storage
+    every node reaches (PostgreSQL, or a journal file on a shared file system); the command
+    returns once they are submitted, or with ``wait`` when they have left the queue.
     """
     from rich.console import Console
 
@@ -655,6 +662,16 @@ def run_study(
     from lafite import jobs as jobs_mod
     from lafite.tracking import FAILED, FINISHED, KILLED, Tracker
 
+    if slurm is not None:
+        from lafite.launch import slurm as slurm_mod
+
+        if storage is None or storage.startswith("sqlite"):
+            raise UserError(
+                "tune --launcher slurm: the workers run on other nodes and share the study "
+                "through its storage; SQLite is not safe there. Give --storage "
+                "postgresql+psycopg2://USER:PASSWORD@HOST/DB (see README, 'On a SLURM "
+                "cluster') or a journal file on a shared file system (--storage /shared/x.log)")
+        slurm_mod.check_cluster(slurm)
     store, url = open_storage(storage, workspace, heartbeat_interval=heartbeat_interval,
                               grace_period=grace_period)
     # Both stores must be usable before the study is created or changed in any way.
@@ -685,8 +702,17 @@ def run_study(
         seed_offset=len(study.get_trials(deepcopy=False)),
     )
     children: list[subprocess.Popen] = []
-    status = FAILED
+    status: str | None = FAILED
     try:
+        if slurm is not None:
+            summary.worker_job_ids = _submit_workers(args, workers, slurm, workspace,
+                                                     summary.study_name)
+            if not wait:
+                status = None  # the workers finish the study; the parent run stays RUNNING
+                return summary
+            summary.worker_exit_codes = _wait_for_workers(summary.worker_job_ids)
+            status = FINISHED
+            return summary
         for index in range(1, workers):
             worker_args = {**asdict(args), "seed_offset": args.seed_offset + 1000 * index}
             children.append(subprocess.Popen(
@@ -709,24 +735,51 @@ def run_study(
         _fill_summary(summary, study, definition)
         if summary.finished < target and status == FINISHED:
             status = FAILED
-        try:
-            out = workspace.root / "tuning" / summary.study_name
-            write_study_artifacts(study, definition, scale, out)
-            summary.artifacts_dir = str(out)
-            tracker.client.log_artifacts(parent_id, str(out), "study")
-            tracker.client.log_metric(parent_id, "study/finished_trials", summary.finished)
-            tracker.client.log_metric(parent_id, "study/training_iterations",
-                                      summary.budget_steps)
-            if summary.best:
-                for metric, value in zip(summary.objectives, summary.best[0]["values"]):
-                    tracker.client.log_metric(parent_id, f"study/best/{metric}", value)
-        finally:
-            tracker.finish_parent(parent_id, status)
+        if status is not None:  # None: submitted to SLURM, whose workers record the rest
+            try:
+                out = workspace.root / "tuning" / summary.study_name
+                write_study_artifacts(study, definition, scale, out)
+                summary.artifacts_dir = str(out)
+                tracker.client.log_artifacts(parent_id, str(out), "study")
+                tracker.client.log_metric(parent_id, "study/finished_trials", summary.finished)
+                tracker.client.log_metric(parent_id, "study/training_iterations",
+                                          summary.budget_steps)
+                if summary.best:
+                    for metric, value in zip(summary.objectives, summary.best[0]["values"]):
+                        tracker.client.log_metric(parent_id, f"study/best/{metric}", value)
+            finally:
+                tracker.finish_parent(parent_id, status)
     failed_workers = [code for code in summary.worker_exit_codes if code != 0]
     if failed_workers:
         console.print(f"[red]{len(failed_workers)} worker process(es) exited with an error "
                       f"(codes {failed_workers})[/red]")
     return summary
+
+
+def _submit_workers(args: WorkerArgs, workers: int, settings: Any, workspace: Workspace,
+                    study_name: str) -> list[str]:
+    """One SLURM job per worker, each with its own sampler seed."""
+    from lafite.launch import slurm as slurm_mod
+
+    ids = []
+    for index in range(workers):
+        worker_args = {**asdict(args), "seed_offset": args.seed_offset + 1000 * index,
+                       "quiet": True}
+        submitted = slurm_mod.submit(slurm_mod.TuneWorkerTask(worker_args), settings, workspace,
+                                     slurm_mod.job_name("tune", study_name, f"w{index}"))
+        ids.append(submitted.job_id)
+    return ids
+
+
+def _wait_for_workers(job_ids: list[str], poll_seconds: float = 2.0) -> list[int]:
+    """Until every worker job has left the queue; 0 for a COMPLETED job, 1 otherwise."""
+    from lafite.launch import slurm as slurm_mod
+
+    while True:
+        states = slurm_mod.job_states(job_ids)
+        if not any(st.active for st in states.values()):
+            return [0 if states[j].state == "COMPLETED" else 1 for j in job_ids]
+        time.sleep(poll_seconds)
 
 
 def _lock_path(workspace: Workspace, study_name: str) -> Path:
@@ -915,7 +968,7 @@ class TrialObjective:
     def _train(self, trial: optuna.Trial, cfg: RunConfig, run_dir: Path,
                logger: Any) -> list[float]:
         from lafite import jobs as jobs_mod
-        from lafite.runner import EVALUATION_KEY, make_evaluator
+        from lafite.launch.execute import EVALUATION_KEY, make_evaluator
         from lafite.train import TrainCallbacks, load_generator, train_run
 
         definition = self.definition
