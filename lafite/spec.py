@@ -448,7 +448,9 @@ def parse(data: Any, path: Path) -> Spec:
             raise SpecError(f"{name}: {where}.seeds: must be a positive integer, got {seeds!r}")
         if "scale" in body:
             raise SpecError(f"{name}: {where}: 'scale' is set by the scale's name; remove it")
-        slurm = body.pop("slurm", None) or {}
+        slurm = dict(body.pop("slurm", None) or {})
+        for key in [k for k in body if k.startswith("slurm.")]:  # flattened by `extends`
+            slurm[key.removeprefix("slurm.")] = body.pop(key)
         try:
             SlurmSettings().merged(slurm, f"{name}: {where}.slurm")
         except UserError as exc:

@@ -403,3 +403,22 @@ def test_tune_workers_on_slurm_share_one_postgres_study(slurm, postgres, home):
     done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(done) >= 2
     assert len({json.dumps(t.params, sort_keys=True) for t in done}) == len(done)
+
+
+def test_slurm_settings_merge_spec_then_cluster_file_then_command_line(tmp_path, monkeypatch):
+    from lafite.errors import UserError
+    from lafite.launch.settings import parse_time, resolve
+
+    cluster_file = tmp_path / "cluster.yaml"
+    cluster_file.write_text("slurm:\n  partition: gpu\n  time: '1-12:00:00'\n  account: lab\n")
+    monkeypatch.setenv("LAFITE_CLUSTER_CONFIG", str(cluster_file))
+    settings = resolve({"gpus_per_run": 4, "time": 60, "partition": "spec"}, "spec",
+                       {"partition": "debug", "sbatch": ["--exclusive", "--mail-type=FAIL"]})
+    assert (settings.partition, settings.time, settings.account, settings.gpus_per_run) == (
+        "debug", 36 * 60, "lab", 4)
+    assert settings.extra_parameters() == {"exclusive": True, "mail_type": "FAIL"}
+    assert settings.sbatch_options()["time"] == "1-12:00:00"
+    assert [parse_time(v) for v in (90, "90", "1:30:00", "2-00:00:00", "45:00")] == [
+        90, 90, 90, 2880, 45]
+    with pytest.raises(UserError, match="sbatch arguments are given in long form"):
+        resolve(None, "", {"sbatch": ["-x"]})

@@ -159,6 +159,11 @@ def test_plan_rejects_unknown_rows_and_scales(tmp_path):
             r"rows\[1\] 'other method': a reference row",
         ),
         (lambda t: t.replace("id: tabletest", "id: other"), r"must equal the file name"),
+        # a scale's SLURM settings are checked where they are written
+        (
+            lambda t: t.replace("  paper: {seeds: 1}", "  paper: {seeds: 1, slurm: {gpus: 4}}"),
+            r"scales.paper.slurm: unknown SLURM setting 'gpus'",
+        ),
         # a property (not a score) has no direction
         (
             lambda t: t.replace("name: IS, higher_is_better: true",
@@ -380,3 +385,12 @@ def test_table6_holds_the_printed_numbers_and_shares_table3s_coco_row():
     # The stronger world CLIP (8 px patches, measured) plays ViT-B/16, the shipped one B/32.
     assert mini["CLIP(B-32) Text encoder"].clip.world_patch_size == 0
     assert mini["CLIP(B-16) Text encoder"].clip.world_patch_size == 8
+
+
+def test_a_scales_slurm_settings_are_kept_apart_and_inherited():
+    """Table 5's paper scale asks for the paper's 4 GPUs per run; Table 3 extends it and gets
+    them too; neither is a configuration override (run hashes do not change)."""
+    table5, table3 = spec_mod.find("table5"), spec_mod.find("table3")
+    assert table5.scales["paper"].slurm == {"gpus_per_run": 4}
+    assert table3.scales["paper"].slurm == {"gpus_per_run": 4}
+    assert not any(k.startswith("slurm") for k in table3.scales["paper"].overrides)
