@@ -470,7 +470,7 @@ class TrialObjective:
     def _train(self, trial: optuna.Trial, cfg: RunConfig, run_dir: Path,
                logger: Any) -> list[float]:
         from lafite import jobs as jobs_mod
-        from lafite.launch.execute import EVALUATION_KEY, make_evaluator
+        from lafite.launch.execute import EVALUATION_KEY, job_extras, make_evaluator
         from lafite.train import TrainCallbacks, load_generator, train_run
 
         definition = self.definition
@@ -506,17 +506,10 @@ class TrialObjective:
                     raise optuna.TrialPruned(f"pruned at {kimg:g} kimg "
                                              f"({metrics[0]}={values[metrics[0]]:.4g})")
 
-        extra: dict[str, Any] = {}
-        for job in jobs_mod.needed_jobs(cfg):
-            path = jobs_mod.ensure(job, self.workspace, progress=False)
-            if job.name == cfg.perturb.nn_job and job.kind == "inference-model":
-                from lafite.perturb import load_inference_model
-
-                extra["inference_model"] = load_inference_model(path)
-            elif job.name == cfg.train.init_job and job.kind == "generator":
-                extra["init_checkpoint"] = path
-            elif job.name == cfg.data.captions_job and job.kind == "captioner":
-                extra["captions"] = path
+        needed = jobs_mod.needed_jobs(cfg)
+        for job in needed:
+            jobs_mod.ensure(job, self.workspace, progress=False)
+        extra = job_extras(cfg, needed, self.workspace)
 
         callbacks = TrainCallbacks(
             on_metrics=lambda kimg, values: logger.log_metrics(kimg, values),
