@@ -72,16 +72,6 @@ def spec_config(scale: str, batch: int | None = None) -> RunConfig:
 # -- peaks -----------------------------------------------------------------------------------
 
 
-def _best(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def conv_rate(dtype: torch.dtype, device: str = "cpu", repeats: int = 3) -> float:
     """GFLOP/s of a 3x3 convolution in channels_last (256 -> 256 channels, 64x64, batch 4)."""
     x = torch.randn(4, 256, 64, 64, device=device)
@@ -95,7 +85,7 @@ def conv_rate(dtype: torch.dtype, device: str = "cpu", repeats: int = 3) -> floa
         if device != "cpu":
             torch.cuda.synchronize()
 
-    return flop / _best(run, repeats) / 1e9
+    return flop / precision_mod.best_seconds(run, repeats) / 1e9
 
 
 def matmul_rate(dtype: torch.dtype, device: str = "cpu", repeats: int = 3) -> float:
@@ -109,7 +99,7 @@ def matmul_rate(dtype: torch.dtype, device: str = "cpu", repeats: int = 3) -> fl
         if device != "cpu":
             torch.cuda.synchronize()
 
-    return 2 * n**3 / _best(run, repeats) / 1e9
+    return 2 * n**3 / precision_mod.best_seconds(run, repeats) / 1e9
 
 
 def peaks(device: str = "cpu") -> dict[str, dict[str, float]]:

@@ -129,12 +129,17 @@ def kernel_seconds(batch: int, channels: int, res: int, dtype: torch.dtype | Non
         block = DiscriminatorBlock(channels, channels, channels)
         x = torch.randn(batch, channels, res, res)
         x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
-        once()
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            once()
-            best = min(best, time.perf_counter() - start)
+        return best_seconds(once, repeats)
+
+
+def best_seconds(fn: Any, repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls of ``fn`` after one untimed warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
     return best
 
 

@@ -727,8 +727,9 @@ def submit_to_slurm(full: FullPlan, workspace: Workspace, settings: Any, *,
                     tracker.client.set_tag(record.run_id, TAG_FAILURE,
                                            f"{why}; log: {previous['log']}")
                     tracker.client.set_terminated(record.run_id, status=FAILED)
-            holder = RunLock(workspace.locks_dir / f"run-{run.hash}.lock").holder()
-            if holder and not RunLock(workspace.locks_dir / f"run-{run.hash}.lock").is_stale(holder):
+            lock = RunLock(workspace.locks_dir / f"run-{run.hash}.lock")
+            holder = lock.holder()
+            if holder and not lock.is_stale(holder):
                 summary.outcomes.append(RunOutcome(run, "queued", record.run_id if record else "",
                                                    error=f"being trained locally by pid {holder.get('pid')}"))
                 continue

@@ -71,8 +71,9 @@ def table_status(full: FullPlan, workspace: Workspace, tracker: Any) -> list[Run
         elif status == KILLED:
             row.state, row.detail = "interrupted", "stopped by the user; run again to resume"
         elif mlflow_run is not None:
-            holder = RunLock(workspace.locks_dir / f"run-{run.hash}.lock").holder()
-            if holder and not RunLock(workspace.locks_dir / f"run-{run.hash}.lock").is_stale(holder):
+            lock = RunLock(workspace.locks_dir / f"run-{run.hash}.lock")
+            holder = lock.holder()
+            if holder and not lock.is_stale(holder):
                 row.state, row.detail = "running", f"pid {holder.get('pid')} on {holder.get('host')}"
             else:
                 row.state, row.detail = "interrupted", "no process holds it; run again to resume"

@@ -272,21 +272,10 @@ class Tracker:
             query += f" and tags.`{TAG_SCALE}` = '{scale}'"
         return [_record(r) for r in self._search(exp_id, query)]
 
-    def start_child(
-        self,
-        spec_id: str,
-        parent_id: str,
-        *,
-        row: str,
-        scale: str,
-        seed: int,
-        config_hash: str,
-        config: Mapping[str, Any],
-        flat_params: Mapping[str, Any],
-        extra_tags: Mapping[str, str] | None = None,
-        resume_run_id: str | None = None,
-    ) -> RunLogger:
-        """Open the child run of one (row, seed): a new one, or ``resume_run_id`` again.
+    def start_child(self, spec_id: str, parent_id: str, *, resume_run_id: str | None = None,
+                    **child: Any) -> RunLogger:
+        """Open the child run of one (row, seed): a new one (``child`` holds
+        :meth:`create_child`'s keywords), or ``resume_run_id`` again.
 
         Params, tags and the resolved configuration are written before training starts, so a
         run killed at any point is still findable by its hash and resumable.
@@ -294,10 +283,7 @@ class Tracker:
         if resume_run_id is not None:
             self.client.update_run(resume_run_id, status=RUNNING)
             return RunLogger(self.client, resume_run_id)
-        run_id = self.create_child(spec_id, parent_id, row=row, scale=scale, seed=seed,
-                                   config_hash=config_hash, config=config,
-                                   flat_params=flat_params, extra_tags=extra_tags)
-        return RunLogger(self.client, run_id)
+        return RunLogger(self.client, self.create_child(spec_id, parent_id, **child))
 
     def create_child(
         self,

@@ -397,6 +397,12 @@ class _NamesOnly(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only names are expected)")
 
 
+def require_complete(title: str, split: str, root: Path, gone: Sequence[str]) -> None:
+    """Stop with one message listing every missing part of a split (each says how to get it)."""
+    if gone:
+        raise UserError(f"{title} {split} split at {root} is incomplete:\n  - " + "\n  - ".join(gone))
+
+
 def load_name_list(path: Path, what: str) -> list[str]:
     """A split pickle (AttnGAN's ``filenames.pickle``): a list of names (Python 2 or 3)."""
     try:

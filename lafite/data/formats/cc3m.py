@@ -13,7 +13,7 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
-from lafite.data.formats.base import IMAGE_SUFFIXES, Problems, TarSource
+from lafite.data.formats.base import IMAGE_SUFFIXES, Problems, TarSource, require_complete
 from lafite.errors import UserError
 
 NAME = "cc3m"
@@ -97,8 +97,7 @@ def index_shard(path: Path, number: int, problems: Problems) -> list[tuple]:
 def open_split(root: Path, split: str, skip: bool) -> TarSource:
     folder, found = shards(root, split)
     if not found:
-        raise UserError(f"{TITLE} {split} split at {root} is incomplete:\n  - "
-                        + "\n  - ".join(missing(root, split)))
+        require_complete(TITLE, split, root, missing(root, split))
     problems = Problems(f"{TITLE} {split} split ({folder})", skip)
     entries = []
     for number, shard in enumerate(found):

@@ -11,7 +11,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from lafite.data.formats.base import FileSource, Problems, list_dir
+from lafite.data.formats.base import FileSource, Problems, list_dir, require_complete
 from lafite.errors import UserError
 
 NAME = "coco2014"
@@ -61,9 +61,7 @@ def read_captions_json(path: Path) -> tuple[dict[int, str], dict[int, list[str]]
 
 
 def open_split(root: Path, split: str, skip: bool) -> FileSource:
-    gone = missing(root, split)
-    if gone:
-        raise UserError(f"{TITLE} {split} split at {root} is incomplete:\n  - " + "\n  - ".join(gone))
+    require_complete(TITLE, split, root, missing(root, split))
     folder, json_path = root / FOLDERS[split], annotation_file(root, split)
     files, captions = read_captions_json(json_path)
     present = list_dir(folder)

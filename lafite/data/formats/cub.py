@@ -12,8 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lafite.data.formats.base import FileSource, Problems, list_dir, load_name_list
-from lafite.errors import UserError
+from lafite.data.formats.base import (
+    FileSource,
+    Problems,
+    list_dir,
+    load_name_list,
+    require_complete,
+)
 
 NAME = "cub"
 TITLE = "CUB-200-2011 (AttnGAN captions)"
@@ -60,9 +65,7 @@ def missing(root: Path, split: str) -> list[str]:
 
 
 def open_split(root: Path, split: str, skip: bool) -> FileSource:
-    gone = missing(root, split)
-    if gone:
-        raise UserError(f"{TITLE} {split} split at {root} is incomplete:\n  - " + "\n  - ".join(gone))
+    require_complete(TITLE, split, root, missing(root, split))
     images, texts, names_file = image_folder(root), text_folder(root), split_file(root, split)
     names = load_name_list(names_file, f"{TITLE} split file")
     listed: dict[str, set[str]] = {}

@@ -15,7 +15,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from lafite.data.formats.base import FileSource, Problems, list_dir
+from lafite.data.formats.base import FileSource, Problems, list_dir, require_complete
 from lafite.errors import UserError
 
 NAME = "ln-coco"
@@ -74,9 +74,7 @@ def read_narratives(paths: list[Path]) -> dict[int, list[tuple[Path, int, str]]]
 
 
 def open_split(root: Path, split: str, skip: bool) -> FileSource:
-    gone = missing(root, split)
-    if gone:
-        raise UserError(f"{TITLE} {split} split at {root} is incomplete:\n  - " + "\n  - ".join(gone))
+    require_complete(TITLE, split, root, missing(root, split))
     folder, files = root / FOLDERS[split], narrative_files(root, split)
     narratives = read_narratives(files)
     present = list_dir(folder)
